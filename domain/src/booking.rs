@@ -13,10 +13,17 @@ use crate::ids::{EntryId, OrderId, PaymentId, ReservationId, ShowId, UserId};
 use crate::money::Minor;
 use crate::policy::{self, CapExceeded};
 use crate::pool::{self, PoolCommand, PoolError, PoolEvent, PoolState};
-use crate::reservation::{self, Items, Origin, Reservation, ReservationCommand, ReservationError, ReservationEvent, ReservationStatus, Ticket};
+use crate::reservation::{
+    self, Items, Origin, Reservation, ReservationCommand, ReservationError, ReservationEvent,
+    ReservationStatus, Ticket,
+};
 use crate::seat::{self, ReleaseReason, SeatCommand, SeatState};
-use crate::show::{FieldError, SectionLayout, Show, ShowCommand, ShowDefinition, ShowError, ShowEvent, ShowStatus};
-use crate::waitlist::{self, EntryStatus, WaitlistCommand, WaitlistError, WaitlistEvent, WaitlistState};
+use crate::show::{
+    FieldError, SectionLayout, Show, ShowCommand, ShowDefinition, ShowError, ShowEvent, ShowStatus,
+};
+use crate::waitlist::{
+    self, EntryStatus, WaitlistCommand, WaitlistError, WaitlistEvent, WaitlistState,
+};
 
 /// Seats one block or unblock request may name.
 pub const SEATS_PER_BLOCK_MAX: usize = 1_000;
@@ -45,18 +52,55 @@ pub struct HoldRequest {
 pub enum Command {
     Show(ShowCommand),
     Hold(HoldRequest),
-    Cancel { reservation_id: ReservationId, by: String },
-    Expire { reservation_id: ReservationId },
-    StartPayment { reservation_id: ReservationId, payment_id: PaymentId },
-    CapturePayment { reservation_id: ReservationId, payment_id: PaymentId, amount: Minor },
-    FailPayment { reservation_id: ReservationId, payment_id: PaymentId, reason: String },
-    TimeOutPayment { reservation_id: ReservationId, payment_id: PaymentId },
-    IssueTickets { reservation_id: ReservationId, order_id: OrderId, tickets: Vec<Ticket> },
-    Refund { reservation_id: ReservationId },
-    BlockSeats { seats: Vec<String>, reason: String },
-    UnblockSeats { seats: Vec<String> },
-    JoinWaitlist { entry_id: EntryId, user_id: UserId, quantity: u32, section: Option<String> },
-    LeaveWaitlist { entry_id: EntryId },
+    Cancel {
+        reservation_id: ReservationId,
+        by: String,
+    },
+    Expire {
+        reservation_id: ReservationId,
+    },
+    StartPayment {
+        reservation_id: ReservationId,
+        payment_id: PaymentId,
+    },
+    CapturePayment {
+        reservation_id: ReservationId,
+        payment_id: PaymentId,
+        amount: Minor,
+    },
+    FailPayment {
+        reservation_id: ReservationId,
+        payment_id: PaymentId,
+        reason: String,
+    },
+    TimeOutPayment {
+        reservation_id: ReservationId,
+        payment_id: PaymentId,
+    },
+    IssueTickets {
+        reservation_id: ReservationId,
+        order_id: OrderId,
+        tickets: Vec<Ticket>,
+    },
+    Refund {
+        reservation_id: ReservationId,
+    },
+    BlockSeats {
+        seats: Vec<String>,
+        reason: String,
+    },
+    UnblockSeats {
+        seats: Vec<String>,
+    },
+    JoinWaitlist {
+        entry_id: EntryId,
+        user_id: UserId,
+        quantity: u32,
+        section: Option<String>,
+    },
+    LeaveWaitlist {
+        entry_id: EntryId,
+    },
 }
 
 /// Every way a command can be refused. Closed, so a test can assert the exact rejection.
@@ -77,7 +121,11 @@ pub enum BookingError {
     #[error("sold out: {available} left")]
     SoldOut { available: u32 },
     #[error("ticket limit of {limit} exceeded (has {current}, asked for {requested})")]
-    TicketLimitExceeded { limit: u32, current: u32, requested: u32 },
+    TicketLimitExceeded {
+        limit: u32,
+        current: u32,
+        requested: u32,
+    },
     #[error("at most {limit} active holds per user")]
     TooManyActiveHolds { limit: u32 },
     #[error("the idempotency key was used for a different request")]
@@ -104,7 +152,11 @@ pub enum BookingError {
 
 impl From<CapExceeded> for BookingError {
     fn from(c: CapExceeded) -> Self {
-        BookingError::TicketLimitExceeded { limit: c.limit, current: c.current, requested: c.requested }
+        BookingError::TicketLimitExceeded {
+            limit: c.limit,
+            current: c.current,
+            requested: c.requested,
+        }
     }
 }
 
@@ -135,7 +187,9 @@ impl From<WaitlistError> for BookingError {
         match e {
             WaitlistError::EntryNotFound => BookingError::WaitlistEntryNotFound,
             WaitlistError::AlreadyWaiting => BookingError::AlreadyWaiting,
-            WaitlistError::NotWaiting | WaitlistError::NoOpenOffer | WaitlistError::Closed => BookingError::WaitlistEntryClosed,
+            WaitlistError::NotWaiting | WaitlistError::NoOpenOffer | WaitlistError::Closed => {
+                BookingError::WaitlistEntryClosed
+            }
         }
     }
 }
@@ -203,15 +257,26 @@ struct Pending<'a> {
 
 impl<'a> Pending<'a> {
     fn new(state: &'a ShowState) -> Self {
-        Self { state, freed: HashSet::new(), taken: HashSet::new(), pool_delta: HashMap::new(), user_delta: HashMap::new() }
+        Self {
+            state,
+            freed: HashSet::new(),
+            taken: HashSet::new(),
+            pool_delta: HashMap::new(),
+            user_delta: HashMap::new(),
+        }
     }
 
     fn seat_free(&self, idx: u32) -> bool {
-        !self.taken.contains(&idx) && (self.freed.contains(&idx) || self.state.seats[idx as usize].state.is_available())
+        !self.taken.contains(&idx)
+            && (self.freed.contains(&idx) || self.state.seats[idx as usize].state.is_available())
     }
 
     fn pool_available(&self, section: &str) -> i64 {
-        let base = self.state.pools.get(section).map_or(0, |p| i64::from(p.available()));
+        let base = self
+            .state
+            .pools
+            .get(section)
+            .map_or(0, |p| i64::from(p.available()));
         base + self.pool_delta.get(section).copied().unwrap_or(0)
     }
 
@@ -276,7 +341,9 @@ impl ShowState {
     }
 
     pub fn seat(&self, seat_id: &str) -> Option<&SeatSlot> {
-        self.seat_index.get(seat_id).map(|&i| &self.seats[i as usize])
+        self.seat_index
+            .get(seat_id)
+            .map(|&i| &self.seats[i as usize])
     }
 
     pub fn reservation(&self, id: ReservationId) -> Option<&Reservation> {
@@ -305,7 +372,9 @@ impl ShowState {
     }
 
     pub fn status(&self, now: DateTime<Utc>) -> Option<ShowStatus> {
-        self.show.as_ref().map(|s| s.status(now, self.anything_available()))
+        self.show
+            .as_ref()
+            .map(|s| s.status(now, self.anything_available()))
     }
 
     /// The earliest expiry among held reservations.
@@ -315,7 +384,10 @@ impl ShowState {
 
     /// Held reservations whose time is up at `now`, earliest first.
     pub fn due_holds(&self, now: DateTime<Utc>) -> impl Iterator<Item = ReservationId> + '_ {
-        self.hold_deadlines.iter().take_while(move |(at, _)| *at <= now).map(|(_, id)| *id)
+        self.hold_deadlines
+            .iter()
+            .take_while(move |(at, _)| *at <= now)
+            .map(|(_, id)| *id)
     }
 
     fn show_or_err(&self) -> Result<&Show, BookingError> {
@@ -323,7 +395,9 @@ impl ShowState {
     }
 
     fn reservation_or_err(&self, id: ReservationId) -> Result<&Reservation, BookingError> {
-        self.reservations.get(&id).ok_or(BookingError::ReservationNotFound)
+        self.reservations
+            .get(&id)
+            .ok_or(BookingError::ReservationNotFound)
     }
 
     fn section(&self, id: &str) -> Option<&SectionIndex> {
@@ -336,10 +410,16 @@ impl ShowState {
 
     /// Decides a command at `now`: the events to append, in order, or why not. An
     /// idempotent repeat decides no events.
-    pub fn decide(&self, command: Command, now: DateTime<Utc>) -> Result<Vec<DomainEvent>, BookingError> {
+    pub fn decide(
+        &self,
+        command: Command,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DomainEvent>, BookingError> {
         match command {
             Command::Show(ShowCommand::Cancel { reason }) => self.decide_cancel_show(reason),
-            Command::Show(c) => Ok(vec![DomainEvent::Show(Show::decide(self.show.as_ref(), c)?)]),
+            Command::Show(c) => {
+                Ok(self.with_reopening_offers(Show::decide(self.show.as_ref(), c)?, now))
+            }
             Command::Hold(request) => self.decide_hold(request, now),
             Command::Cancel { reservation_id, by } => {
                 self.show_or_err()?;
@@ -352,42 +432,88 @@ impl ShowState {
                 let event = reservation::decide(r, ReservationCommand::Expire, now)?;
                 self.close_with_release(r, event, ReleaseReason::Expired, now)
             }
-            Command::StartPayment { reservation_id, payment_id } => {
+            Command::StartPayment {
+                reservation_id,
+                payment_id,
+            } => {
                 let show = self.show_or_err()?;
                 let r = self.reservation_or_err(reservation_id)?;
                 let deadline = policy::payment_deadline(&show.definition.limits, now);
-                let event = reservation::decide(r, ReservationCommand::StartPayment { payment_id, deadline }, now)?;
+                let event = reservation::decide(
+                    r,
+                    ReservationCommand::StartPayment {
+                        payment_id,
+                        deadline,
+                    },
+                    now,
+                )?;
                 let mut events = vec![DomainEvent::Reservation(event)];
                 if let (Origin::Waitlist, Some(entry_id)) = (r.origin, r.entry_id) {
-                    let claim = waitlist::decide(&self.waitlist, WaitlistCommand::Claim { entry_id, reservation_id })?;
+                    let claim = waitlist::decide(
+                        &self.waitlist,
+                        WaitlistCommand::Claim {
+                            entry_id,
+                            reservation_id,
+                        },
+                    )?;
                     events.push(DomainEvent::Waitlist(claim));
                 }
                 Ok(events)
             }
-            Command::CapturePayment { reservation_id, payment_id, amount } => {
+            Command::CapturePayment {
+                reservation_id,
+                payment_id,
+                amount,
+            } => {
                 let r = self.reservation_or_err(reservation_id)?;
-                let event = reservation::decide(r, ReservationCommand::CapturePayment { payment_id, amount }, now)?;
+                let event = reservation::decide(
+                    r,
+                    ReservationCommand::CapturePayment { payment_id, amount },
+                    now,
+                )?;
                 Ok(vec![DomainEvent::Reservation(event)])
             }
-            Command::FailPayment { reservation_id, payment_id, reason } => {
+            Command::FailPayment {
+                reservation_id,
+                payment_id,
+                reason,
+            } => {
                 let r = self.reservation_or_err(reservation_id)?;
-                let event = reservation::decide(r, ReservationCommand::FailPayment { payment_id, reason }, now)?;
+                let event = reservation::decide(
+                    r,
+                    ReservationCommand::FailPayment { payment_id, reason },
+                    now,
+                )?;
                 self.close_with_release(r, event, ReleaseReason::PaymentFailed, now)
             }
-            Command::TimeOutPayment { reservation_id, payment_id } => {
+            Command::TimeOutPayment {
+                reservation_id,
+                payment_id,
+            } => {
                 let r = self.reservation_or_err(reservation_id)?;
-                let event = reservation::decide(r, ReservationCommand::TimeOutPayment { payment_id }, now)?;
+                let event =
+                    reservation::decide(r, ReservationCommand::TimeOutPayment { payment_id }, now)?;
                 self.close_with_release(r, event, ReleaseReason::PaymentTimedOut, now)
             }
-            Command::IssueTickets { reservation_id, order_id, tickets } => self.decide_issue(reservation_id, order_id, tickets, now),
+            Command::IssueTickets {
+                reservation_id,
+                order_id,
+                tickets,
+            } => self.decide_issue(reservation_id, order_id, tickets, now),
             Command::Refund { reservation_id } => {
                 let r = self.reservation_or_err(reservation_id)?;
-                let event = reservation::decide(r, ReservationCommand::Refund { amount: r.total }, now)?;
+                let event =
+                    reservation::decide(r, ReservationCommand::Refund { amount: r.total }, now)?;
                 self.close_with_release(r, event, ReleaseReason::Refunded, now)
             }
             Command::BlockSeats { seats, reason } => self.decide_block(seats, reason),
             Command::UnblockSeats { seats } => self.decide_unblock(seats, now),
-            Command::JoinWaitlist { entry_id, user_id, quantity, section } => self.decide_join(entry_id, user_id, quantity, section, now),
+            Command::JoinWaitlist {
+                entry_id,
+                user_id,
+                quantity,
+                section,
+            } => self.decide_join(entry_id, user_id, quantity, section, now),
             Command::LeaveWaitlist { entry_id } => self.decide_leave(entry_id, now),
         }
     }
@@ -400,82 +526,144 @@ impl ShowState {
                     errors.push(FieldError::new("seats", "must name at least one seat"));
                 }
                 if seats.len() > policy::SEATS_PER_HOLD_MAX as usize {
-                    errors.push(FieldError::new("seats", format!("at most {} seats per hold", policy::SEATS_PER_HOLD_MAX)));
+                    errors.push(FieldError::new(
+                        "seats",
+                        format!("at most {} seats per hold", policy::SEATS_PER_HOLD_MAX),
+                    ));
                 }
                 let mut seen = HashSet::new();
                 for (i, s) in seats.iter().enumerate() {
                     if !self.seat_index.contains_key(s.as_str()) {
-                        errors.push(FieldError::new(format!("seats[{i}]"), format!("unknown seat {s}")));
+                        errors.push(FieldError::new(
+                            format!("seats[{i}]"),
+                            format!("unknown seat {s}"),
+                        ));
                     } else if !seen.insert(s.as_str()) {
-                        errors.push(FieldError::new(format!("seats[{i}]"), format!("duplicate seat {s}")));
+                        errors.push(FieldError::new(
+                            format!("seats[{i}]"),
+                            format!("duplicate seat {s}"),
+                        ));
                     }
                 }
             }
-            Selection::General { section, quantity } | Selection::BestAvailable { section, quantity } => {
+            Selection::General { section, quantity }
+            | Selection::BestAvailable { section, quantity } => {
                 let want_general = matches!(selection, Selection::General { .. });
                 match self.section(section) {
-                    None => errors.push(FieldError::new("section", format!("unknown section {section}"))),
-                    Some(SectionIndex::General { .. }) if !want_general => {
-                        errors.push(FieldError::new("section", "best_available needs a seated section"))
-                    }
+                    None => errors.push(FieldError::new(
+                        "section",
+                        format!("unknown section {section}"),
+                    )),
+                    Some(SectionIndex::General { .. }) if !want_general => errors.push(
+                        FieldError::new("section", "best_available needs a seated section"),
+                    ),
                     Some(SectionIndex::Seated { .. }) if want_general => {
-                        errors.push(FieldError::new("section", "a seated section needs seats or best_available"))
+                        errors.push(FieldError::new(
+                            "section",
+                            "a seated section needs seats or best_available",
+                        ))
                     }
                     Some(_) => {}
                 }
                 if !policy::quantity_in_range(*quantity) {
                     errors.push(FieldError::new(
                         "quantity",
-                        format!("must be between {} and {}", policy::SEATS_PER_HOLD_MIN, policy::SEATS_PER_HOLD_MAX),
+                        format!(
+                            "must be between {} and {}",
+                            policy::SEATS_PER_HOLD_MIN,
+                            policy::SEATS_PER_HOLD_MAX
+                        ),
                     ));
                 }
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(BookingError::Invalid(errors)) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(BookingError::Invalid(errors))
+        }
     }
 
     /// Whether an earlier reservation answers the same request as `selection`.
     fn same_request(&self, r: &Reservation, selection: &Selection) -> bool {
         match (selection, &r.items) {
             (Selection::Seats(want), Items::Seats(have)) => {
-                want.len() == have.len() && want.iter().collect::<HashSet<_>>() == have.iter().collect::<HashSet<_>>()
+                want.len() == have.len()
+                    && want.iter().collect::<HashSet<_>>() == have.iter().collect::<HashSet<_>>()
             }
-            (Selection::General { section, quantity }, Items::General { section: s, quantity: q }) => section == s && quantity == q,
+            (
+                Selection::General { section, quantity },
+                Items::General {
+                    section: s,
+                    quantity: q,
+                },
+            ) => section == s && quantity == q,
             (Selection::BestAvailable { section, quantity }, Items::Seats(have)) => {
-                have.len() == *quantity as usize && have.iter().all(|s| self.seat(s).is_some_and(|slot| self.sections[slot.section].id() == section))
+                have.len() == *quantity as usize
+                    && have.iter().all(|s| {
+                        self.seat(s)
+                            .is_some_and(|slot| self.sections[slot.section].id() == section)
+                    })
             }
             _ => false,
         }
     }
 
-    fn decide_hold(&self, request: HoldRequest, now: DateTime<Utc>) -> Result<Vec<DomainEvent>, BookingError> {
+    fn decide_hold(
+        &self,
+        request: HoldRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DomainEvent>, BookingError> {
         let show = self.show_or_err()?;
-        let HoldRequest { reservation_id, user_id, idempotency_key, selection } = request;
+        let HoldRequest {
+            reservation_id,
+            user_id,
+            idempotency_key,
+            selection,
+        } = request;
         if let Some(key) = &idempotency_key
             && let Some(existing) = self.reservation_for_key(user_id, key)
         {
             let r = &self.reservations[&existing];
-            return if self.same_request(r, &selection) { Ok(Vec::new()) } else { Err(BookingError::IdempotencyKeyReused) };
+            return if self.same_request(r, &selection) {
+                Ok(Vec::new())
+            } else {
+                Err(BookingError::IdempotencyKeyReused)
+            };
         }
-        assert!(!self.reservations.contains_key(&reservation_id), "reservation id reused");
+        assert!(
+            !self.reservations.contains_key(&reservation_id),
+            "reservation id reused"
+        );
         self.validate_selection(&selection)?;
         if !show.sales_open(now) {
             return Err(BookingError::SalesClosed);
         }
         let limits = &show.definition.limits;
         if self.active_holds_of(user_id) >= limits.max_active_holds_per_user {
-            return Err(BookingError::TooManyActiveHolds { limit: limits.max_active_holds_per_user });
+            return Err(BookingError::TooManyActiveHolds {
+                limit: limits.max_active_holds_per_user,
+            });
         }
         let quantity = match &selection {
             Selection::Seats(seats) => seats.len() as u32,
-            Selection::General { quantity, .. } | Selection::BestAvailable { quantity, .. } => *quantity,
+            Selection::General { quantity, .. } | Selection::BestAvailable { quantity, .. } => {
+                *quantity
+            }
         };
         policy::check_ticket_cap(limits, self.tickets_of(user_id), quantity)?;
 
         let allocation = match selection {
             Selection::Seats(seats) => {
-                let unavailable: Vec<String> =
-                    seats.iter().filter(|s| !self.seats[self.seat_index[s.as_str()] as usize].state.is_available()).cloned().collect();
+                let unavailable: Vec<String> = seats
+                    .iter()
+                    .filter(|s| {
+                        !self.seats[self.seat_index[s.as_str()] as usize]
+                            .state
+                            .is_available()
+                    })
+                    .cloned()
+                    .collect();
                 if !unavailable.is_empty() {
                     return Err(BookingError::SeatsUnavailable { seats: unavailable });
                 }
@@ -489,16 +677,30 @@ impl ShowState {
                 }
             }
             Selection::General { section, quantity } => {
-                let hold = PoolCommand::Hold { reservation_id, quantity };
+                let hold = PoolCommand::Hold {
+                    reservation_id,
+                    quantity,
+                };
                 match pool::decide(&section, &self.pools[&section], hold) {
                     Ok(_) => Allocation::General { section, quantity },
-                    Err(PoolError::SoldOut { available }) => return Err(BookingError::SoldOut { available }),
+                    Err(PoolError::SoldOut { available }) => {
+                        return Err(BookingError::SoldOut { available });
+                    }
                     Err(e) => unreachable!("a new reservation holds nothing yet: {e}"),
                 }
             }
         };
         let expires_at = policy::hold_expires_at(limits, now);
-        Ok(self.place(reservation_id, user_id, allocation, now, expires_at, Origin::Direct, None, idempotency_key))
+        Ok(self.place(
+            reservation_id,
+            user_id,
+            allocation,
+            now,
+            expires_at,
+            Origin::Direct,
+            None,
+            idempotency_key,
+        ))
     }
 
     /// The events of a new reservation: `ReservationPlaced`, then the seats or places.
@@ -520,7 +722,9 @@ impl ShowState {
                 let mut ids = Vec::with_capacity(idxs.len());
                 for &i in idxs {
                     let slot = &self.seats[i as usize];
-                    total = total.checked_add(self.tier_price(slot.tier)).expect("total overflow");
+                    total = total
+                        .checked_add(self.tier_price(slot.tier))
+                        .expect("total overflow");
                     ids.push(slot.id.clone());
                 }
                 (ids, None, idxs.len() as u32, total)
@@ -530,42 +734,61 @@ impl ShowState {
                     Some(SectionIndex::General { tier, .. }) => *tier,
                     _ => unreachable!("validated as a GA section"),
                 };
-                let total = self.tier_price(tier).checked_mul(i64::from(*quantity)).expect("total overflow");
+                let total = self
+                    .tier_price(tier)
+                    .checked_mul(i64::from(*quantity))
+                    .expect("total overflow");
                 (Vec::new(), Some(section.clone()), *quantity, total)
             }
         };
-        let mut events = vec![DomainEvent::Reservation(ReservationEvent::ReservationPlaced {
-            reservation_id,
-            user_id,
-            seats: seats.clone(),
-            section: section.clone(),
-            quantity,
-            placed_at: now,
-            expires_at,
-            total,
-            origin,
-            entry_id,
-            idempotency_key,
-        })];
+        let mut events = vec![DomainEvent::Reservation(
+            ReservationEvent::ReservationPlaced {
+                reservation_id,
+                user_id,
+                seats: seats.clone(),
+                section: section.clone(),
+                quantity,
+                placed_at: now,
+                expires_at,
+                total,
+                currency: self.definition().expect("show exists").currency.clone(),
+                origin,
+                entry_id,
+                idempotency_key,
+            },
+        )];
         match allocation {
             Allocation::Seats(idxs) => {
                 for i in idxs {
                     let slot = &self.seats[i as usize];
                     // Seats were checked free against the pending view; the seat's own
                     // decide is asked anyway so rule 1 has one owner.
-                    let hold = SeatCommand::Hold { reservation_id, until: expires_at };
-                    let event = seat::decide(&slot.id, &SeatState::Available, hold).expect("a free seat can be held");
+                    let hold = SeatCommand::Hold {
+                        reservation_id,
+                        until: expires_at,
+                    };
+                    let event = seat::decide(&slot.id, &SeatState::Available, hold)
+                        .expect("a free seat can be held");
                     events.push(DomainEvent::Seat(event));
                 }
             }
             Allocation::General { section, quantity } => {
-                events.push(DomainEvent::Pool(PoolEvent::PoolSeatsHeld { section, reservation_id, quantity }));
+                events.push(DomainEvent::Pool(PoolEvent::PoolSeatsHeld {
+                    section,
+                    reservation_id,
+                    quantity,
+                }));
             }
         }
         events
     }
 
-    fn best_in_section(&self, pending: &Pending<'_>, section: &str, quantity: u32) -> Option<Vec<u32>> {
+    fn best_in_section(
+        &self,
+        pending: &Pending<'_>,
+        section: &str,
+        quantity: u32,
+    ) -> Option<Vec<u32>> {
         match self.section(section)? {
             SectionIndex::Seated { rows, .. } => {
                 let rows: Vec<&[u32]> = rows.iter().map(|r| r.seats.as_slice()).collect();
@@ -576,12 +799,21 @@ impl ShowState {
     }
 
     /// Where a waitlist request for `quantity` in `section` (any section if `None`) fits.
-    fn fit(&self, pending: &Pending<'_>, section: Option<&str>, quantity: u32) -> Option<Allocation> {
+    fn fit(
+        &self,
+        pending: &Pending<'_>,
+        section: Option<&str>,
+        quantity: u32,
+    ) -> Option<Allocation> {
         let fit_one = |s: &SectionIndex| match s {
-            SectionIndex::Seated { id, .. } => self.best_in_section(pending, id, quantity).map(Allocation::Seats),
-            SectionIndex::General { id, .. } => {
-                (pending.pool_available(id) >= i64::from(quantity)).then(|| Allocation::General { section: id.clone(), quantity })
-            }
+            SectionIndex::Seated { id, .. } => self
+                .best_in_section(pending, id, quantity)
+                .map(Allocation::Seats),
+            SectionIndex::General { id, .. } => (pending.pool_available(id) >= i64::from(quantity))
+                .then(|| Allocation::General {
+                    section: id.clone(),
+                    quantity,
+                }),
         };
         match section {
             Some(id) => self.section(id).and_then(fit_one),
@@ -597,14 +829,28 @@ impl ShowState {
                 .iter()
                 .map(|s| {
                     let state = &self.seats[self.seat_index[s.as_str()] as usize].state;
-                    let event = seat::decide(s, state, SeatCommand::Release { reservation_id, reason })
-                        .expect("a reservation's seats are held or sold by it");
+                    let event = seat::decide(
+                        s,
+                        state,
+                        SeatCommand::Release {
+                            reservation_id,
+                            reason,
+                        },
+                    )
+                    .expect("a reservation's seats are held or sold by it");
                     DomainEvent::Seat(event)
                 })
                 .collect(),
             Items::General { section, .. } => {
-                let event = pool::decide(section, &self.pools[section], PoolCommand::Release { reservation_id, reason })
-                    .expect("a reservation's places are in its pool");
+                let event = pool::decide(
+                    section,
+                    &self.pools[section],
+                    PoolCommand::Release {
+                        reservation_id,
+                        reason,
+                    },
+                )
+                .expect("a reservation's places are in its pool");
                 vec![DomainEvent::Pool(event)]
             }
         }
@@ -621,16 +867,26 @@ impl ShowState {
     ) -> Result<Vec<DomainEvent>, BookingError> {
         let mut events = vec![DomainEvent::Reservation(event)];
         // A waitlist offer that ends unclaimed closes its entry, so it is never offered twice.
-        if let (Origin::Waitlist, Some(entry_id), ReservationStatus::Held) = (r.origin, r.entry_id, r.status)
-            && self.waitlist.entry(entry_id).is_some_and(|e| e.status == EntryStatus::Offered)
+        if let (Origin::Waitlist, Some(entry_id), ReservationStatus::Held) =
+            (r.origin, r.entry_id, r.status)
+            && self
+                .waitlist
+                .entry(entry_id)
+                .is_some_and(|e| e.status == EntryStatus::Offered)
         {
             let reservation_id = r.reservation_id;
             let command = if reason == ReleaseReason::Expired {
-                WaitlistCommand::ExpireOffer { entry_id, reservation_id }
+                WaitlistCommand::ExpireOffer {
+                    entry_id,
+                    reservation_id,
+                }
             } else {
                 WaitlistCommand::Leave { entry_id }
             };
-            events.push(DomainEvent::Waitlist(waitlist::decide(&self.waitlist, command)?));
+            events.push(DomainEvent::Waitlist(waitlist::decide(
+                &self.waitlist,
+                command,
+            )?));
         }
         events.extend(self.release_events(r, reason));
         let mut pending = Pending::new(self);
@@ -639,10 +895,36 @@ impl ShowState {
         Ok(events)
     }
 
+    /// A show event and, when it opens sales that are closed at `now` (a new sales window,
+    /// a later start), offers of what is free to the waitlist in the same decision. Seats
+    /// released while sales were closed were not offered then; without this they would go
+    /// back on public sale ahead of a waiting entry they fit (rule 5).
+    fn with_reopening_offers(&self, event: ShowEvent, now: DateTime<Utc>) -> Vec<DomainEvent> {
+        let event = DomainEvent::Show(event);
+        let was_open = self.show.as_ref().is_some_and(|s| s.sales_open(now));
+        if was_open || self.waitlist.waiting_count() == 0 {
+            return vec![event];
+        }
+        // Rare (an organizer's change while entries wait), so a copy to ask "after" is fine.
+        let mut after = self.clone();
+        after.apply(&event);
+        let offers = after.offer_to_waitlist(&mut Pending::new(&after), now, &[]);
+        let mut events = vec![event];
+        events.extend(offers);
+        events
+    }
+
     /// Offers what `pending` freed to waiting entries, first fit in order of joining.
     /// Entries in `skip` are closing in this same decision.
-    fn offer_to_waitlist(&self, pending: &mut Pending<'_>, now: DateTime<Utc>, skip: &[EntryId]) -> Vec<DomainEvent> {
-        let Some(show) = &self.show else { return Vec::new() };
+    fn offer_to_waitlist(
+        &self,
+        pending: &mut Pending<'_>,
+        now: DateTime<Utc>,
+        skip: &[EntryId],
+    ) -> Vec<DomainEvent> {
+        let Some(show) = &self.show else {
+            return Vec::new();
+        };
         if !show.sales_open(now) {
             return Vec::new();
         }
@@ -653,10 +935,19 @@ impl ShowState {
                 continue;
             }
             // A user who reached the cap meanwhile is passed over, not offered over it.
-            if policy::check_ticket_cap(&limits, pending.user_tickets(entry.user_id), entry.quantity).is_err() {
+            if policy::check_ticket_cap(
+                &limits,
+                pending.user_tickets(entry.user_id),
+                entry.quantity,
+            )
+            .is_err()
+            {
                 continue;
             }
-            let Some(allocation) = self.fit(pending, entry.section.as_deref(), entry.quantity) else { continue };
+            let Some(allocation) = self.fit(pending, entry.section.as_deref(), entry.quantity)
+            else {
+                continue;
+            };
             // Each entry gets at most one offer ever, so its reservation can take its id.
             let reservation_id = ReservationId(entry.entry_id.0);
             let expires_at = policy::offer_expires_at(&limits, now);
@@ -665,7 +956,12 @@ impl ShowState {
                     for &i in idxs {
                         pending.taken.insert(i);
                     }
-                    (idxs.iter().map(|&i| self.seats[i as usize].id.clone()).collect(), None)
+                    (
+                        idxs.iter()
+                            .map(|&i| self.seats[i as usize].id.clone())
+                            .collect(),
+                        None,
+                    )
                 }
                 Allocation::General { section, quantity } => {
                     *pending.pool_delta.entry(section.clone()).or_default() -= i64::from(*quantity);
@@ -673,27 +969,67 @@ impl ShowState {
                 }
             };
             *pending.user_delta.entry(entry.user_id).or_default() += i64::from(entry.quantity);
-            events.extend(self.place(reservation_id, entry.user_id, allocation, now, expires_at, Origin::Waitlist, Some(entry.entry_id), None));
-            let offer = WaitlistCommand::Offer { entry_id: entry.entry_id, reservation_id, seats: seat_ids, section, expires_at };
-            events.push(DomainEvent::Waitlist(waitlist::decide(&self.waitlist, offer).expect("a waiting entry can be offered")));
+            events.extend(self.place(
+                reservation_id,
+                entry.user_id,
+                allocation,
+                now,
+                expires_at,
+                Origin::Waitlist,
+                Some(entry.entry_id),
+                None,
+            ));
+            let offer = WaitlistCommand::Offer {
+                entry_id: entry.entry_id,
+                reservation_id,
+                seats: seat_ids,
+                section,
+                expires_at,
+            };
+            events.push(DomainEvent::Waitlist(
+                waitlist::decide(&self.waitlist, offer).expect("a waiting entry can be offered"),
+            ));
         }
         events
     }
 
-    fn decide_issue(&self, reservation_id: ReservationId, order_id: OrderId, tickets: Vec<Ticket>, now: DateTime<Utc>) -> Result<Vec<DomainEvent>, BookingError> {
+    fn decide_issue(
+        &self,
+        reservation_id: ReservationId,
+        order_id: OrderId,
+        tickets: Vec<Ticket>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DomainEvent>, BookingError> {
         let r = self.reservation_or_err(reservation_id)?;
-        let event = reservation::decide(r, ReservationCommand::IssueTickets { order_id, tickets }, now)?;
+        let event = reservation::decide(
+            r,
+            ReservationCommand::IssueTickets { order_id, tickets },
+            now,
+        )?;
         let mut events = vec![DomainEvent::Reservation(event)];
         match &r.items {
             Items::Seats(seats) => {
                 for s in seats {
                     let state = &self.seats[self.seat_index[s.as_str()] as usize].state;
-                    let sold = seat::decide(s, state, SeatCommand::Sell { reservation_id, order_id }).expect("a paying reservation's seats are held by it");
+                    let sold = seat::decide(
+                        s,
+                        state,
+                        SeatCommand::Sell {
+                            reservation_id,
+                            order_id,
+                        },
+                    )
+                    .expect("a paying reservation's seats are held by it");
                     events.push(DomainEvent::Seat(sold));
                 }
             }
             Items::General { section, .. } => {
-                let sold = pool::decide(section, &self.pools[section], PoolCommand::Sell { reservation_id }).expect("a paying reservation's places are held");
+                let sold = pool::decide(
+                    section,
+                    &self.pools[section],
+                    PoolCommand::Sell { reservation_id },
+                )
+                .expect("a paying reservation's places are held");
                 events.push(DomainEvent::Pool(sold));
             }
         }
@@ -705,13 +1041,24 @@ impl ShowState {
         let mut events = vec![DomainEvent::Show(event)];
         // Holds end now; payments in flight and paid orders are the payment saga's to
         // settle and refund, since their money is at the provider.
-        let mut held: Vec<&Reservation> = self.reservations.values().filter(|r| r.status == ReservationStatus::Held).collect();
+        let mut held: Vec<&Reservation> = self
+            .reservations
+            .values()
+            .filter(|r| r.status == ReservationStatus::Held)
+            .collect();
         held.sort_by_key(|r| r.reservation_id);
         for r in held {
             let by = "system:show-cancelled".to_string();
-            events.push(DomainEvent::Reservation(ReservationEvent::ReservationCancelled { reservation_id: r.reservation_id, by }));
+            events.push(DomainEvent::Reservation(
+                ReservationEvent::ReservationCancelled {
+                    reservation_id: r.reservation_id,
+                    by,
+                },
+            ));
             if let (Origin::Waitlist, Some(entry_id)) = (r.origin, r.entry_id) {
-                events.push(DomainEvent::Waitlist(WaitlistEvent::WaitlistLeft { entry_id }));
+                events.push(DomainEvent::Waitlist(WaitlistEvent::WaitlistLeft {
+                    entry_id,
+                }));
             }
             events.extend(self.release_events(r, ReleaseReason::Cancelled));
         }
@@ -721,21 +1068,38 @@ impl ShowState {
     fn seat_list(&self, seats: &[String]) -> Result<Vec<u32>, BookingError> {
         let mut errors = Vec::new();
         if seats.is_empty() || seats.len() > SEATS_PER_BLOCK_MAX {
-            errors.push(FieldError::new("seats", format!("must name 1 to {SEATS_PER_BLOCK_MAX} seats")));
+            errors.push(FieldError::new(
+                "seats",
+                format!("must name 1 to {SEATS_PER_BLOCK_MAX} seats"),
+            ));
         }
         let mut seen = HashSet::new();
         let mut idxs = Vec::with_capacity(seats.len());
         for (i, s) in seats.iter().enumerate() {
             match self.seat_index.get(s.as_str()) {
-                None => errors.push(FieldError::new(format!("seats[{i}]"), format!("unknown seat {s}"))),
-                Some(&idx) if !seen.insert(idx) => errors.push(FieldError::new(format!("seats[{i}]"), format!("duplicate seat {s}"))),
+                None => errors.push(FieldError::new(
+                    format!("seats[{i}]"),
+                    format!("unknown seat {s}"),
+                )),
+                Some(&idx) if !seen.insert(idx) => errors.push(FieldError::new(
+                    format!("seats[{i}]"),
+                    format!("duplicate seat {s}"),
+                )),
                 Some(&idx) => idxs.push(idx),
             }
         }
-        if errors.is_empty() { Ok(idxs) } else { Err(BookingError::Invalid(errors)) }
+        if errors.is_empty() {
+            Ok(idxs)
+        } else {
+            Err(BookingError::Invalid(errors))
+        }
     }
 
-    fn decide_block(&self, seats: Vec<String>, reason: String) -> Result<Vec<DomainEvent>, BookingError> {
+    fn decide_block(
+        &self,
+        seats: Vec<String>,
+        reason: String,
+    ) -> Result<Vec<DomainEvent>, BookingError> {
         let show = self.show_or_err()?;
         if show.cancelled {
             return Err(BookingError::ShowCancelled);
@@ -745,15 +1109,29 @@ impl ShowState {
         let mut unavailable = Vec::new();
         for idx in idxs {
             let slot = &self.seats[idx as usize];
-            match seat::decide(&slot.id, &slot.state, SeatCommand::Block { reason: reason.clone() }) {
+            match seat::decide(
+                &slot.id,
+                &slot.state,
+                SeatCommand::Block {
+                    reason: reason.clone(),
+                },
+            ) {
                 Ok(e) => events.push(DomainEvent::Seat(e)),
                 Err(_) => unavailable.push(slot.id.clone()),
             }
         }
-        if unavailable.is_empty() { Ok(events) } else { Err(BookingError::SeatsUnavailable { seats: unavailable }) }
+        if unavailable.is_empty() {
+            Ok(events)
+        } else {
+            Err(BookingError::SeatsUnavailable { seats: unavailable })
+        }
     }
 
-    fn decide_unblock(&self, seats: Vec<String>, now: DateTime<Utc>) -> Result<Vec<DomainEvent>, BookingError> {
+    fn decide_unblock(
+        &self,
+        seats: Vec<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DomainEvent>, BookingError> {
         let show = self.show_or_err()?;
         if show.cancelled {
             return Err(BookingError::ShowCancelled);
@@ -769,7 +1147,10 @@ impl ShowState {
                     events.push(DomainEvent::Seat(e));
                     pending.freed.insert(idx);
                 }
-                Err(_) => errors.push(FieldError::new(format!("seats[{i}]"), format!("seat {} is not blocked", slot.id))),
+                Err(_) => errors.push(FieldError::new(
+                    format!("seats[{i}]"),
+                    format!("seat {} is not blocked", slot.id),
+                )),
             }
         }
         if !errors.is_empty() {
@@ -793,7 +1174,11 @@ impl ShowState {
         if !policy::quantity_in_range(quantity) {
             errors.push(FieldError::new(
                 "quantity",
-                format!("must be between {} and {}", policy::SEATS_PER_HOLD_MIN, policy::SEATS_PER_HOLD_MAX),
+                format!(
+                    "must be between {} and {}",
+                    policy::SEATS_PER_HOLD_MIN,
+                    policy::SEATS_PER_HOLD_MAX
+                ),
             ));
         }
         if let Some(s) = &section
@@ -811,16 +1196,34 @@ impl ShowState {
             return Err(BookingError::AlreadyWaiting);
         }
         policy::check_ticket_cap(&show.definition.limits, self.tickets_of(user_id), quantity)?;
-        if self.fit(&Pending::new(self), section.as_deref(), quantity).is_some() {
+        if self
+            .fit(&Pending::new(self), section.as_deref(), quantity)
+            .is_some()
+        {
             return Err(BookingError::SeatsAvailable);
         }
-        let event = waitlist::decide(&self.waitlist, WaitlistCommand::Join { entry_id, user_id, quantity, section })?;
+        let event = waitlist::decide(
+            &self.waitlist,
+            WaitlistCommand::Join {
+                entry_id,
+                user_id,
+                quantity,
+                section,
+            },
+        )?;
         Ok(vec![DomainEvent::Waitlist(event)])
     }
 
-    fn decide_leave(&self, entry_id: EntryId, now: DateTime<Utc>) -> Result<Vec<DomainEvent>, BookingError> {
+    fn decide_leave(
+        &self,
+        entry_id: EntryId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DomainEvent>, BookingError> {
         self.show_or_err()?;
-        let entry = self.waitlist.entry(entry_id).ok_or(BookingError::WaitlistEntryNotFound)?;
+        let entry = self
+            .waitlist
+            .entry(entry_id)
+            .ok_or(BookingError::WaitlistEntryNotFound)?;
         let left = waitlist::decide(&self.waitlist, WaitlistCommand::Leave { entry_id })?;
         let mut events = vec![DomainEvent::Waitlist(left)];
         // Leaving with an open offer gives the offered seats back, to the next in line.
@@ -830,7 +1233,12 @@ impl ShowState {
             && r.status == ReservationStatus::Held
         {
             let by = format!("{}", entry.user_id);
-            events.push(DomainEvent::Reservation(ReservationEvent::ReservationCancelled { reservation_id: r.reservation_id, by }));
+            events.push(DomainEvent::Reservation(
+                ReservationEvent::ReservationCancelled {
+                    reservation_id: r.reservation_id,
+                    by,
+                },
+            ));
             events.extend(self.release_events(r, ReleaseReason::Cancelled));
             let mut pending = Pending::new(self);
             pending.release(r);
@@ -850,7 +1258,9 @@ impl ShowState {
                 Show::apply(&mut self.show, e);
             }
             DomainEvent::Seat(e) => {
-                let idx = *self.seat_index.get(e.seat_id()).unwrap_or_else(|| panic!("{} for unknown seat {}", e.event_type(), e.seat_id()));
+                let idx = *self.seat_index.get(e.seat_id()).unwrap_or_else(|| {
+                    panic!("{} for unknown seat {}", e.event_type(), e.seat_id())
+                });
                 let slot = &mut self.seats[idx as usize];
                 let was_available = slot.state.is_available();
                 seat::apply(&mut slot.state, e);
@@ -861,7 +1271,9 @@ impl ShowState {
                 }
             }
             DomainEvent::Pool(e) => {
-                let pool = self.pools.get_mut(e.section()).unwrap_or_else(|| panic!("{} for unknown pool {}", e.event_type(), e.section()));
+                let pool = self.pools.get_mut(e.section()).unwrap_or_else(|| {
+                    panic!("{} for unknown pool {}", e.event_type(), e.section())
+                });
                 pool::apply(pool, e);
             }
             DomainEvent::Reservation(e) => self.apply_reservation(e),
@@ -872,24 +1284,37 @@ impl ShowState {
     fn apply_reservation(&mut self, e: &ReservationEvent) {
         if let ReservationEvent::ReservationPlaced { .. } = e {
             let r = reservation::place(e);
-            assert!(!self.reservations.contains_key(&r.reservation_id), "ReservationPlaced twice");
+            assert!(
+                !self.reservations.contains_key(&r.reservation_id),
+                "ReservationPlaced twice"
+            );
             *self.user_tickets.entry(r.user_id).or_default() += r.items.quantity();
             *self.user_active.entry(r.user_id).or_default() += 1;
             self.hold_deadlines.insert((r.expires_at, r.reservation_id));
             if let Some(key) = &r.idempotency_key {
-                self.idempotency.insert((r.user_id, key.clone()), r.reservation_id);
+                self.idempotency
+                    .insert((r.user_id, key.clone()), r.reservation_id);
             }
             self.reservations.insert(r.reservation_id, r);
             return;
         }
-        let r = self.reservations.get_mut(&e.reservation_id()).unwrap_or_else(|| panic!("{} for unknown reservation", e.event_type()));
+        let r = self
+            .reservations
+            .get_mut(&e.reservation_id())
+            .unwrap_or_else(|| panic!("{} for unknown reservation", e.event_type()));
         let before = r.status;
         reservation::apply(r, e);
         let after = r.status;
         if before == ReservationStatus::Held && after != ReservationStatus::Held {
-            self.hold_deadlines.remove(&(r.expires_at, r.reservation_id));
+            self.hold_deadlines
+                .remove(&(r.expires_at, r.reservation_id));
         }
-        let active = |s: ReservationStatus| matches!(s, ReservationStatus::Held | ReservationStatus::PaymentPending);
+        let active = |s: ReservationStatus| {
+            matches!(
+                s,
+                ReservationStatus::Held | ReservationStatus::PaymentPending
+            )
+        };
         if active(before) && !active(after) {
             *self.user_active.get_mut(&r.user_id).expect("active count") -= 1;
         }
@@ -899,8 +1324,17 @@ impl ShowState {
     }
 
     fn build_layout(&mut self, definition: &ShowDefinition) {
-        assert!(self.seats.is_empty() && self.sections.is_empty(), "layout built twice");
-        let tier_of = |id: &str| definition.price_tiers.iter().position(|t| t.id == id).expect("validated tier");
+        assert!(
+            self.seats.is_empty() && self.sections.is_empty(),
+            "layout built twice"
+        );
+        let tier_of = |id: &str| {
+            definition
+                .price_tiers
+                .iter()
+                .position(|t| t.id == id)
+                .expect("validated tier")
+        };
         for (section_idx, section) in definition.sections.iter().enumerate() {
             match &section.layout {
                 SectionLayout::Seated { rows } => {
@@ -912,16 +1346,31 @@ impl ShowState {
                             let id = format!("{}-{}-{}", section.id, row.row, number);
                             let idx = self.seats.len() as u32;
                             self.seat_index.insert(id.clone(), idx);
-                            self.seats.push(SeatSlot { id, section: section_idx, tier, state: SeatState::Available });
+                            self.seats.push(SeatSlot {
+                                id,
+                                section: section_idx,
+                                tier,
+                                state: SeatState::Available,
+                            });
                             idxs.push(idx);
                         }
-                        row_index.push(RowIndex { label: row.row.clone(), seats: idxs });
+                        row_index.push(RowIndex {
+                            label: row.row.clone(),
+                            seats: idxs,
+                        });
                     }
-                    self.sections.push(SectionIndex::Seated { id: section.id.clone(), rows: row_index });
+                    self.sections.push(SectionIndex::Seated {
+                        id: section.id.clone(),
+                        rows: row_index,
+                    });
                 }
                 SectionLayout::GeneralAdmission { capacity, tier } => {
-                    self.pools.insert(section.id.clone(), PoolState::new(*capacity));
-                    self.sections.push(SectionIndex::General { id: section.id.clone(), tier: tier_of(tier) });
+                    self.pools
+                        .insert(section.id.clone(), PoolState::new(*capacity));
+                    self.sections.push(SectionIndex::General {
+                        id: section.id.clone(),
+                        tier: tier_of(tier),
+                    });
                 }
             }
         }
@@ -936,9 +1385,16 @@ impl ShowState {
         for slot in &self.seats {
             match slot.state.reservation() {
                 Some(r) => {
-                    let res = self.reservations.get(&r).ok_or_else(|| format!("seat {} held by unknown {r}", slot.id))?;
+                    let res = self
+                        .reservations
+                        .get(&r)
+                        .ok_or_else(|| format!("seat {} held by unknown {r}", slot.id))?;
                     if !res.status.has_seats() {
-                        return Err(format!("seat {} still held by {} reservation {r}", slot.id, format!("{:?}", res.status).to_lowercase()));
+                        return Err(format!(
+                            "seat {} still held by {} reservation {r}",
+                            slot.id,
+                            format!("{:?}", res.status).to_lowercase()
+                        ));
                     }
                     *holders.entry(r).or_default() += 1;
                 }
@@ -947,7 +1403,10 @@ impl ShowState {
             }
         }
         if available != self.seats_available {
-            return Err(format!("available count {} but {} seats free", self.seats_available, available));
+            return Err(format!(
+                "available count {} but {} seats free",
+                self.seats_available, available
+            ));
         }
         for (section, pool) in &self.pools {
             if pool.held + pool.sold > pool.capacity {
@@ -959,7 +1418,9 @@ impl ShowState {
                 && r.status.has_seats()
             {
                 for s in seats {
-                    if self.seat(s).and_then(|slot| slot.state.reservation()) != Some(r.reservation_id) {
+                    if self.seat(s).and_then(|slot| slot.state.reservation())
+                        != Some(r.reservation_id)
+                    {
                         return Err(format!("reservation {} lost seat {s}", r.reservation_id));
                     }
                 }
@@ -968,7 +1429,10 @@ impl ShowState {
                 && !r.status.has_seats()
                 && holders.contains_key(&r.reservation_id)
             {
-                return Err(format!("closed reservation {} still holds {seats:?}", r.reservation_id));
+                return Err(format!(
+                    "closed reservation {} still holds {seats:?}",
+                    r.reservation_id
+                ));
             }
         }
         Ok(())

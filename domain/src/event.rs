@@ -30,7 +30,10 @@ pub enum DecodeError {
     #[error("unknown event type {0:?}")]
     UnknownType(String),
     #[error("event type {event_type} has no schema version {schema_version}")]
-    UnknownSchemaVersion { event_type: String, schema_version: i32 },
+    UnknownSchemaVersion {
+        event_type: String,
+        schema_version: i32,
+    },
     #[error("malformed {event_type} payload: {reason}")]
     Malformed { event_type: String, reason: String },
 }
@@ -87,14 +90,24 @@ impl DomainEvent {
     }
 
     /// Reads a stored event back, upcasting older schema versions first.
-    pub fn decode(event_type: &str, schema_version: i32, payload: &Value) -> Result<Self, DecodeError> {
+    pub fn decode(
+        event_type: &str,
+        schema_version: i32,
+        payload: &Value,
+    ) -> Result<Self, DecodeError> {
         let payload = upcast(event_type, schema_version, payload)?;
         let Value::Object(mut map) = payload else {
-            return Err(DecodeError::Malformed { event_type: event_type.to_string(), reason: "payload is not an object".into() });
+            return Err(DecodeError::Malformed {
+                event_type: event_type.to_string(),
+                reason: "payload is not an object".into(),
+            });
         };
         map.insert("type".into(), Value::String(event_type.to_string()));
         let value = Value::Object(map);
-        let malformed = |e: serde_json::Error| DecodeError::Malformed { event_type: event_type.to_string(), reason: e.to_string() };
+        let malformed = |e: serde_json::Error| DecodeError::Malformed {
+            event_type: event_type.to_string(),
+            reason: e.to_string(),
+        };
         let event = if ShowEvent::TYPES.contains(&event_type) {
             DomainEvent::Show(serde_json::from_value(value).map_err(malformed)?)
         } else if SeatEvent::TYPES.contains(&event_type) {
@@ -118,7 +131,10 @@ impl DomainEvent {
 fn upcast(event_type: &str, schema_version: i32, payload: &Value) -> Result<Value, DecodeError> {
     match schema_version {
         SCHEMA_VERSION_CURRENT => Ok(payload.clone()),
-        _ => Err(DecodeError::UnknownSchemaVersion { event_type: event_type.to_string(), schema_version }),
+        _ => Err(DecodeError::UnknownSchemaVersion {
+            event_type: event_type.to_string(),
+            schema_version,
+        }),
     }
 }
 
@@ -135,7 +151,11 @@ mod tests {
     fn events_round_trip_through_their_stored_form() {
         let rsv = ReservationId(Uuid::from_u128(7));
         let events = vec![
-            DomainEvent::Seat(SeatEvent::SeatReleased { seat_id: "1-A-1".into(), reservation_id: rsv, reason: ReleaseReason::Expired }),
+            DomainEvent::Seat(SeatEvent::SeatReleased {
+                seat_id: "1-A-1".into(),
+                reservation_id: rsv,
+                reason: ReleaseReason::Expired,
+            }),
             DomainEvent::Reservation(ReservationEvent::ReservationPlaced {
                 reservation_id: rsv,
                 user_id: UserId(Uuid::from_u128(1)),
@@ -145,33 +165,58 @@ mod tests {
                 placed_at: "2027-01-01T00:00:00Z".parse().unwrap(),
                 expires_at: "2027-01-01T00:05:00Z".parse().unwrap(),
                 total: crate::money::Minor(1200),
+                currency: "EUR".into(),
                 origin: Origin::Direct,
                 entry_id: None,
                 idempotency_key: Some("k1".into()),
             }),
-            DomainEvent::Reservation(ReservationEvent::HoldExpired { reservation_id: rsv }),
+            DomainEvent::Reservation(ReservationEvent::HoldExpired {
+                reservation_id: rsv,
+            }),
         ];
         for event in events {
             let (event_type, version, payload) = event.encode();
             assert!(payload.get("type").is_none());
-            assert_eq!(DomainEvent::decode(event_type, version, &payload).unwrap(), event);
+            assert_eq!(
+                DomainEvent::decode(event_type, version, &payload).unwrap(),
+                event
+            );
         }
     }
 
     #[test]
     fn the_payload_uses_the_contract_field_names() {
         let rsv = ReservationId(Uuid::from_u128(7));
-        let event = DomainEvent::Seat(SeatEvent::SeatReleased { seat_id: "1-A-1".into(), reservation_id: rsv, reason: ReleaseReason::PaymentTimedOut });
+        let event = DomainEvent::Seat(SeatEvent::SeatReleased {
+            seat_id: "1-A-1".into(),
+            reservation_id: rsv,
+            reason: ReleaseReason::PaymentTimedOut,
+        });
         let (t, _, payload) = event.encode();
         assert_eq!(t, "SeatReleased");
-        assert_eq!(payload, json!({"seat_id": "1-A-1", "reservation_id": rsv.to_string(), "reason": "payment_timed_out"}));
+        assert_eq!(
+            payload,
+            json!({"seat_id": "1-A-1", "reservation_id": rsv.to_string(), "reason": "payment_timed_out"})
+        );
     }
 
     #[test]
     fn unknown_types_versions_and_malformed_payloads_are_errors() {
-        assert_eq!(DomainEvent::decode("SeatTeleported", 1, &json!({})), Err(DecodeError::UnknownType("SeatTeleported".into())));
-        assert!(matches!(DomainEvent::decode("SeatHeld", 9, &json!({})), Err(DecodeError::UnknownSchemaVersion { .. })));
-        assert!(matches!(DomainEvent::decode("SeatHeld", 1, &json!({"seat_id": 3})), Err(DecodeError::Malformed { .. })));
-        assert!(matches!(DomainEvent::decode("SeatHeld", 1, &json!([1, 2])), Err(DecodeError::Malformed { .. })));
+        assert_eq!(
+            DomainEvent::decode("SeatTeleported", 1, &json!({})),
+            Err(DecodeError::UnknownType("SeatTeleported".into()))
+        );
+        assert!(matches!(
+            DomainEvent::decode("SeatHeld", 9, &json!({})),
+            Err(DecodeError::UnknownSchemaVersion { .. })
+        ));
+        assert!(matches!(
+            DomainEvent::decode("SeatHeld", 1, &json!({"seat_id": 3})),
+            Err(DecodeError::Malformed { .. })
+        ));
+        assert!(matches!(
+            DomainEvent::decode("SeatHeld", 1, &json!([1, 2])),
+            Err(DecodeError::Malformed { .. })
+        ));
     }
 }

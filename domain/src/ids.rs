@@ -131,7 +131,9 @@ pub struct SequentialIds {
 
 impl SequentialIds {
     pub fn starting_at(first: u64) -> Self {
-        Self { next: std::sync::atomic::AtomicU64::new(first) }
+        Self {
+            next: std::sync::atomic::AtomicU64::new(first),
+        }
     }
 }
 

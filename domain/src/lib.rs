@@ -21,5 +21,8 @@ pub mod waitlist;
 pub use booking::{BookingError, Command, HoldRequest, Selection, ShowState};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use event::{DecodeError, DomainEvent};
-pub use ids::{EntryId, IdSource, OrderId, PaymentId, RandomIds, ReservationId, SequentialIds, ShowId, TicketId, UserId};
+pub use ids::{
+    EntryId, IdSource, OrderId, PaymentId, RandomIds, ReservationId, SequentialIds, ShowId,
+    TicketId, UserId,
+};
 pub use money::Minor;

@@ -12,7 +12,9 @@ const MINOR_PER_MAJOR: i64 = 10_i64.pow(MINOR_DIGITS);
 pub const AMOUNT_MINOR_MAX: i64 = 1_000_000_000_000;
 
 /// An amount in minor units (cents).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Minor(pub i64);
 
@@ -33,7 +35,11 @@ impl Minor {
         };
         let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
         let all_digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-        if whole.is_empty() || !all_digits(whole) || !all_digits(frac) || frac.len() > MINOR_DIGITS as usize {
+        if whole.is_empty()
+            || !all_digits(whole)
+            || !all_digits(frac)
+            || frac.len() > MINOR_DIGITS as usize
+        {
             return Err(AmountParseError::Malformed);
         }
         if digits.contains('.') && frac.is_empty() {
@@ -43,7 +49,11 @@ impl Minor {
             return Err(AmountParseError::TooLarge);
         }
         let whole: i64 = whole.parse().map_err(|_| AmountParseError::Malformed)?;
-        let mut frac_value: i64 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| AmountParseError::Malformed)? };
+        let mut frac_value: i64 = if frac.is_empty() {
+            0
+        } else {
+            frac.parse().map_err(|_| AmountParseError::Malformed)?
+        };
         for _ in frac.len()..MINOR_DIGITS as usize {
             frac_value *= 10;
         }
@@ -69,7 +79,13 @@ impl fmt::Display for Minor {
         let sign = if self.0 < 0 { "-" } else { "" };
         let abs = self.0.unsigned_abs();
         let per = MINOR_PER_MAJOR as u64;
-        write!(f, "{sign}{}.{:0width$}", abs / per, abs % per, width = MINOR_DIGITS as usize)
+        write!(
+            f,
+            "{sign}{}.{:0width$}",
+            abs / per,
+            abs % per,
+            width = MINOR_DIGITS as usize
+        )
     }
 }
 
@@ -91,8 +107,15 @@ mod tests {
     #[test]
     fn rejects_what_is_not_an_amount() {
         for bad in ["", ".5", "1.", "1.234", "1e3", "abc", "1,00", "--1", "+1"] {
-            assert_eq!(Minor::parse_decimal(bad), Err(AmountParseError::Malformed), "{bad}");
+            assert_eq!(
+                Minor::parse_decimal(bad),
+                Err(AmountParseError::Malformed),
+                "{bad}"
+            );
         }
-        assert_eq!(Minor::parse_decimal("99999999999999"), Err(AmountParseError::TooLarge));
+        assert_eq!(
+            Minor::parse_decimal("99999999999999"),
+            Err(AmountParseError::TooLarge)
+        );
     }
 }

@@ -14,7 +14,11 @@ const _: () = assert!(SEATS_PER_HOLD_MIN <= SEATS_PER_HOLD_MAX);
 /// section's order) that has such a run, and in it the run whose centre is nearest the
 /// row's middle (the lower-numbered run on a tie). `rows` lists each row's seats in
 /// number order as opaque keys; `is_available` says which are free.
-pub fn best_available<K: Copy>(rows: &[&[K]], quantity: usize, mut is_available: impl FnMut(K) -> bool) -> Option<Vec<K>> {
+pub fn best_available<K: Copy>(
+    rows: &[&[K]],
+    quantity: usize,
+    mut is_available: impl FnMut(K) -> bool,
+) -> Option<Vec<K>> {
     if quantity == 0 {
         return None;
     }
@@ -60,7 +64,11 @@ pub struct CapExceeded {
 /// must not pass `max_tickets_per_user`.
 pub fn check_ticket_cap(limits: &Limits, current: u32, requested: u32) -> Result<(), CapExceeded> {
     if current + requested > limits.max_tickets_per_user {
-        Err(CapExceeded { limit: limits.max_tickets_per_user, current, requested })
+        Err(CapExceeded {
+            limit: limits.max_tickets_per_user,
+            current,
+            requested,
+        })
     } else {
         Ok(())
     }
@@ -89,7 +97,10 @@ pub fn payment_deadline(limits: &Limits, now: DateTime<Utc>) -> DateTime<Utc> {
 
 /// First fit: the first candidate, in order, for which `fits` finds an allocation.
 /// Used for the waitlist, where candidates are entries in order of joining.
-pub fn first_fit<'a, C, A>(candidates: impl IntoIterator<Item = &'a C>, mut fits: impl FnMut(&C) -> Option<A>) -> Option<(&'a C, A)>
+pub fn first_fit<'a, C, A>(
+    candidates: impl IntoIterator<Item = &'a C>,
+    mut fits: impl FnMut(&C) -> Option<A>,
+) -> Option<(&'a C, A)>
 where
     C: 'a,
 {
@@ -126,7 +137,10 @@ mod tests {
         let rows_b: Vec<(bool, usize)> = b.iter().map(|&s| (true, s)).collect();
         let picked = best_available(&[&rows, &rows_b], 2, |(is_b, s)| free(s, is_b)).unwrap();
         assert_eq!(picked, vec![(true, 5), (true, 6)]);
-        assert_eq!(best_available(&[&rows, &rows_b], 3, |(is_b, s)| free(s, is_b)), None);
+        assert_eq!(
+            best_available(&[&rows, &rows_b], 3, |(is_b, s)| free(s, is_b)),
+            None
+        );
     }
 
     #[test]
@@ -139,18 +153,42 @@ mod tests {
 
     #[test]
     fn the_cap_counts_what_the_user_has_plus_the_request() {
-        let limits = Limits { max_tickets_per_user: 4, ..Limits::default() };
+        let limits = Limits {
+            max_tickets_per_user: 4,
+            ..Limits::default()
+        };
         assert_eq!(check_ticket_cap(&limits, 2, 2), Ok(()));
-        assert_eq!(check_ticket_cap(&limits, 3, 2), Err(CapExceeded { limit: 4, current: 3, requested: 2 }));
+        assert_eq!(
+            check_ticket_cap(&limits, 3, 2),
+            Err(CapExceeded {
+                limit: 4,
+                current: 3,
+                requested: 2
+            })
+        );
     }
 
     #[test]
     fn deadlines_add_the_limits() {
-        let limits = Limits { hold_ttl_seconds: 300, payment_timeout_seconds: 120, waitlist_claim_seconds: 600, ..Limits::default() };
+        let limits = Limits {
+            hold_ttl_seconds: 300,
+            payment_timeout_seconds: 120,
+            waitlist_claim_seconds: 600,
+            ..Limits::default()
+        };
         let now: DateTime<Utc> = "2027-01-01T00:00:00Z".parse().unwrap();
-        assert_eq!(hold_expires_at(&limits, now).to_rfc3339(), "2027-01-01T00:05:00+00:00");
-        assert_eq!(payment_deadline(&limits, now).to_rfc3339(), "2027-01-01T00:02:00+00:00");
-        assert_eq!(offer_expires_at(&limits, now).to_rfc3339(), "2027-01-01T00:10:00+00:00");
+        assert_eq!(
+            hold_expires_at(&limits, now).to_rfc3339(),
+            "2027-01-01T00:05:00+00:00"
+        );
+        assert_eq!(
+            payment_deadline(&limits, now).to_rfc3339(),
+            "2027-01-01T00:02:00+00:00"
+        );
+        assert_eq!(
+            offer_expires_at(&limits, now).to_rfc3339(),
+            "2027-01-01T00:10:00+00:00"
+        );
     }
 
     #[test]

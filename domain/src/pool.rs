@@ -19,7 +19,10 @@ pub struct PoolState {
 
 impl PoolState {
     pub fn new(capacity: u32) -> Self {
-        Self { capacity, ..Self::default() }
+        Self {
+            capacity,
+            ..Self::default()
+        }
     }
 
     pub fn available(&self) -> u32 {
@@ -30,9 +33,22 @@ impl PoolState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum PoolEvent {
-    PoolSeatsHeld { section: String, reservation_id: ReservationId, quantity: u32 },
-    PoolSeatsReleased { section: String, reservation_id: ReservationId, quantity: u32, reason: ReleaseReason },
-    PoolSeatsSold { section: String, reservation_id: ReservationId, quantity: u32 },
+    PoolSeatsHeld {
+        section: String,
+        reservation_id: ReservationId,
+        quantity: u32,
+    },
+    PoolSeatsReleased {
+        section: String,
+        reservation_id: ReservationId,
+        quantity: u32,
+        reason: ReleaseReason,
+    },
+    PoolSeatsSold {
+        section: String,
+        reservation_id: ReservationId,
+        quantity: u32,
+    },
 }
 
 impl PoolEvent {
@@ -57,9 +73,17 @@ impl PoolEvent {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PoolCommand {
-    Hold { reservation_id: ReservationId, quantity: u32 },
-    Release { reservation_id: ReservationId, reason: ReleaseReason },
-    Sell { reservation_id: ReservationId },
+    Hold {
+        reservation_id: ReservationId,
+        quantity: u32,
+    },
+    Release {
+        reservation_id: ReservationId,
+        reason: ReleaseReason,
+    },
+    Sell {
+        reservation_id: ReservationId,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -72,27 +96,50 @@ pub enum PoolError {
     NothingHeld,
 }
 
-pub fn decide(section: &str, state: &PoolState, command: PoolCommand) -> Result<PoolEvent, PoolError> {
+pub fn decide(
+    section: &str,
+    state: &PoolState,
+    command: PoolCommand,
+) -> Result<PoolEvent, PoolError> {
     let section = section.to_string();
     match command {
-        PoolCommand::Hold { reservation_id, quantity } => {
+        PoolCommand::Hold {
+            reservation_id,
+            quantity,
+        } => {
             assert!(quantity > 0, "a pool hold of zero places");
             if state.by_reservation.contains_key(&reservation_id) {
                 return Err(PoolError::AlreadyHolding);
             }
             if quantity > state.available() {
-                return Err(PoolError::SoldOut { available: state.available() });
+                return Err(PoolError::SoldOut {
+                    available: state.available(),
+                });
             }
-            Ok(PoolEvent::PoolSeatsHeld { section, reservation_id, quantity })
+            Ok(PoolEvent::PoolSeatsHeld {
+                section,
+                reservation_id,
+                quantity,
+            })
         }
-        PoolCommand::Release { reservation_id, reason } => match state.by_reservation.get(&reservation_id) {
-            Some(&(held, sold)) if held + sold > 0 => {
-                Ok(PoolEvent::PoolSeatsReleased { section, reservation_id, quantity: held + sold, reason })
-            }
+        PoolCommand::Release {
+            reservation_id,
+            reason,
+        } => match state.by_reservation.get(&reservation_id) {
+            Some(&(held, sold)) if held + sold > 0 => Ok(PoolEvent::PoolSeatsReleased {
+                section,
+                reservation_id,
+                quantity: held + sold,
+                reason,
+            }),
             _ => Err(PoolError::NothingHeld),
         },
         PoolCommand::Sell { reservation_id } => match state.by_reservation.get(&reservation_id) {
-            Some(&(held, _)) if held > 0 => Ok(PoolEvent::PoolSeatsSold { section, reservation_id, quantity: held }),
+            Some(&(held, _)) if held > 0 => Ok(PoolEvent::PoolSeatsSold {
+                section,
+                reservation_id,
+                quantity: held,
+            }),
             _ => Err(PoolError::NothingHeld),
         },
     }
@@ -100,33 +147,66 @@ pub fn decide(section: &str, state: &PoolState, command: PoolCommand) -> Result<
 
 pub fn apply(state: &mut PoolState, event: &PoolEvent) {
     match event {
-        PoolEvent::PoolSeatsHeld { section, reservation_id, quantity } => {
-            assert!(*quantity <= state.available(), "PoolSeatsHeld over capacity in {section}");
+        PoolEvent::PoolSeatsHeld {
+            section,
+            reservation_id,
+            quantity,
+        } => {
+            assert!(
+                *quantity <= state.available(),
+                "PoolSeatsHeld over capacity in {section}"
+            );
             let previous = state.by_reservation.insert(*reservation_id, (*quantity, 0));
-            assert!(previous.is_none(), "PoolSeatsHeld twice for one reservation in {section}");
+            assert!(
+                previous.is_none(),
+                "PoolSeatsHeld twice for one reservation in {section}"
+            );
             state.held += quantity;
         }
-        PoolEvent::PoolSeatsReleased { section, reservation_id, quantity, .. } => {
+        PoolEvent::PoolSeatsReleased {
+            section,
+            reservation_id,
+            quantity,
+            ..
+        } => {
             let (held, sold) = state
                 .by_reservation
                 .remove(reservation_id)
-                .unwrap_or_else(|| panic!("PoolSeatsReleased in {section} for a reservation holding nothing"));
-            assert_eq!(held + sold, *quantity, "PoolSeatsReleased quantity mismatch in {section}");
+                .unwrap_or_else(|| {
+                    panic!("PoolSeatsReleased in {section} for a reservation holding nothing")
+                });
+            assert_eq!(
+                held + sold,
+                *quantity,
+                "PoolSeatsReleased quantity mismatch in {section}"
+            );
             state.held -= held;
             state.sold -= sold;
         }
-        PoolEvent::PoolSeatsSold { section, reservation_id, quantity } => {
+        PoolEvent::PoolSeatsSold {
+            section,
+            reservation_id,
+            quantity,
+        } => {
             let entry = state
                 .by_reservation
                 .get_mut(reservation_id)
-                .unwrap_or_else(|| panic!("PoolSeatsSold in {section} for a reservation holding nothing"));
-            assert_eq!(entry.0, *quantity, "PoolSeatsSold quantity mismatch in {section}");
+                .unwrap_or_else(|| {
+                    panic!("PoolSeatsSold in {section} for a reservation holding nothing")
+                });
+            assert_eq!(
+                entry.0, *quantity,
+                "PoolSeatsSold quantity mismatch in {section}"
+            );
             *entry = (0, entry.1 + quantity);
             state.held -= quantity;
             state.sold += quantity;
         }
     }
-    assert!(state.held + state.sold <= state.capacity, "pool over capacity");
+    assert!(
+        state.held + state.sold <= state.capacity,
+        "pool over capacity"
+    );
 }
 
 #[cfg(test)]
@@ -147,7 +227,11 @@ mod tests {
     }
 
     fn held(n: u128, quantity: u32) -> PoolEvent {
-        PoolEvent::PoolSeatsHeld { section: "floor".into(), reservation_id: rsv(n), quantity }
+        PoolEvent::PoolSeatsHeld {
+            section: "floor".into(),
+            reservation_id: rsv(n),
+            quantity,
+        }
     }
 
     #[test]
@@ -155,17 +239,41 @@ mod tests {
         let state = given(5, &[held(1, 3)]);
         assert_eq!(state.available(), 2);
         assert_eq!(
-            decide("floor", &state, PoolCommand::Hold { reservation_id: rsv(2), quantity: 3 }),
+            decide(
+                "floor",
+                &state,
+                PoolCommand::Hold {
+                    reservation_id: rsv(2),
+                    quantity: 3
+                }
+            ),
             Err(PoolError::SoldOut { available: 2 })
         );
-        assert_eq!(decide("floor", &state, PoolCommand::Hold { reservation_id: rsv(2), quantity: 2 }), Ok(held(2, 2)));
+        assert_eq!(
+            decide(
+                "floor",
+                &state,
+                PoolCommand::Hold {
+                    reservation_id: rsv(2),
+                    quantity: 2
+                }
+            ),
+            Ok(held(2, 2))
+        );
     }
 
     #[test]
     fn a_reservation_holds_once() {
         let state = given(5, &[held(1, 1)]);
         assert_eq!(
-            decide("floor", &state, PoolCommand::Hold { reservation_id: rsv(1), quantity: 1 }),
+            decide(
+                "floor",
+                &state,
+                PoolCommand::Hold {
+                    reservation_id: rsv(1),
+                    quantity: 1
+                }
+            ),
             Err(PoolError::AlreadyHolding)
         );
     }
@@ -173,14 +281,27 @@ mod tests {
     #[test]
     fn sell_then_release_returns_the_places() {
         let mut state = given(5, &[held(1, 2)]);
-        let sold = decide("floor", &state, PoolCommand::Sell { reservation_id: rsv(1) }).unwrap();
+        let sold = decide(
+            "floor",
+            &state,
+            PoolCommand::Sell {
+                reservation_id: rsv(1),
+            },
+        )
+        .unwrap();
         apply(&mut state, &sold);
         assert_eq!((state.held, state.sold), (0, 2));
-        let release = PoolCommand::Release { reservation_id: rsv(1), reason: ReleaseReason::Refunded };
+        let release = PoolCommand::Release {
+            reservation_id: rsv(1),
+            reason: ReleaseReason::Refunded,
+        };
         let released = decide("floor", &state, release).unwrap();
         apply(&mut state, &released);
         assert_eq!(state.available(), 5);
-        let again = PoolCommand::Release { reservation_id: rsv(1), reason: ReleaseReason::Refunded };
+        let again = PoolCommand::Release {
+            reservation_id: rsv(1),
+            reason: ReleaseReason::Refunded,
+        };
         assert_eq!(decide("floor", &state, again), Err(PoolError::NothingHeld));
     }
 

@@ -31,7 +31,12 @@ pub enum ReservationStatus {
 impl ReservationStatus {
     /// Whether the reservation still has seats (held, paying or bought).
     pub fn has_seats(&self) -> bool {
-        matches!(self, ReservationStatus::Held | ReservationStatus::PaymentPending | ReservationStatus::Confirmed)
+        matches!(
+            self,
+            ReservationStatus::Held
+                | ReservationStatus::PaymentPending
+                | ReservationStatus::Confirmed
+        )
     }
 }
 
@@ -86,6 +91,7 @@ pub struct Reservation {
     pub placed_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub total: Minor,
+    pub currency: String,
     pub origin: Origin,
     pub entry_id: Option<EntryId>,
     pub idempotency_key: Option<String>,
@@ -117,6 +123,7 @@ pub enum ReservationEvent {
         placed_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
         total: Minor,
+        currency: String,
         origin: Origin,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         entry_id: Option<EntryId>,
@@ -207,14 +214,32 @@ impl ReservationEvent {
 /// logic, which checks seats, pools and limits first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReservationCommand {
-    StartPayment { payment_id: PaymentId, deadline: DateTime<Utc> },
-    CapturePayment { payment_id: PaymentId, amount: Minor },
-    FailPayment { payment_id: PaymentId, reason: String },
-    TimeOutPayment { payment_id: PaymentId },
-    IssueTickets { order_id: OrderId, tickets: Vec<Ticket> },
+    StartPayment {
+        payment_id: PaymentId,
+        deadline: DateTime<Utc>,
+    },
+    CapturePayment {
+        payment_id: PaymentId,
+        amount: Minor,
+    },
+    FailPayment {
+        payment_id: PaymentId,
+        reason: String,
+    },
+    TimeOutPayment {
+        payment_id: PaymentId,
+    },
+    IssueTickets {
+        order_id: OrderId,
+        tickets: Vec<Ticket>,
+    },
     Expire,
-    Cancel { by: String },
-    Refund { amount: Minor },
+    Cancel {
+        by: String,
+    },
+    Refund {
+        amount: Minor,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -242,21 +267,34 @@ pub enum ReservationError {
 }
 
 /// Decides a command for an existing reservation at `now`.
-pub fn decide(r: &Reservation, command: ReservationCommand, now: DateTime<Utc>) -> Result<ReservationEvent, ReservationError> {
+pub fn decide(
+    r: &Reservation,
+    command: ReservationCommand,
+    now: DateTime<Utc>,
+) -> Result<ReservationEvent, ReservationError> {
     let reservation_id = r.reservation_id;
     let pending_payment = |payment_id: PaymentId| match &r.payment {
-        Some(p) if p.payment_id == payment_id && r.status == ReservationStatus::PaymentPending => Ok(p),
+        Some(p) if p.payment_id == payment_id && r.status == ReservationStatus::PaymentPending => {
+            Ok(p)
+        }
         _ => Err(ReservationError::NoSuchPayment),
     };
     match command {
-        ReservationCommand::StartPayment { payment_id, deadline } => {
+        ReservationCommand::StartPayment {
+            payment_id,
+            deadline,
+        } => {
             if r.status != ReservationStatus::Held {
                 return Err(ReservationError::NotHeld);
             }
             if now >= r.expires_at {
                 return Err(ReservationError::HoldExpired);
             }
-            Ok(ReservationEvent::PaymentStarted { reservation_id, payment_id, deadline })
+            Ok(ReservationEvent::PaymentStarted {
+                reservation_id,
+                payment_id,
+                deadline,
+            })
         }
         ReservationCommand::CapturePayment { payment_id, amount } => {
             let payment = pending_payment(payment_id)?;
@@ -266,33 +304,50 @@ pub fn decide(r: &Reservation, command: ReservationCommand, now: DateTime<Utc>) 
             if amount != r.total {
                 return Err(ReservationError::AmountMismatch);
             }
-            Ok(ReservationEvent::PaymentCaptured { reservation_id, payment_id, amount })
+            Ok(ReservationEvent::PaymentCaptured {
+                reservation_id,
+                payment_id,
+                amount,
+            })
         }
         ReservationCommand::FailPayment { payment_id, reason } => {
             // A captured payment cannot fail afterwards: the buyer paid and gets tickets.
             if pending_payment(payment_id)?.status == PaymentStatus::Captured {
                 return Err(ReservationError::AlreadyCaptured);
             }
-            Ok(ReservationEvent::PaymentFailed { reservation_id, payment_id, reason })
+            Ok(ReservationEvent::PaymentFailed {
+                reservation_id,
+                payment_id,
+                reason,
+            })
         }
         ReservationCommand::TimeOutPayment { payment_id } => {
             if pending_payment(payment_id)?.status == PaymentStatus::Captured {
                 return Err(ReservationError::AlreadyCaptured);
             }
-            Ok(ReservationEvent::PaymentTimedOut { reservation_id, payment_id })
+            Ok(ReservationEvent::PaymentTimedOut {
+                reservation_id,
+                payment_id,
+            })
         }
         ReservationCommand::IssueTickets { order_id, tickets } => {
             if r.status == ReservationStatus::Confirmed {
                 return Err(ReservationError::AlreadyIssued);
             }
             match &r.payment {
-                Some(p) if p.status == PaymentStatus::Captured && r.status == ReservationStatus::PaymentPending => {}
+                Some(p)
+                    if p.status == PaymentStatus::Captured
+                        && r.status == ReservationStatus::PaymentPending => {}
                 _ => return Err(ReservationError::NotCaptured),
             }
             if !tickets_match(&r.items, &tickets) {
                 return Err(ReservationError::TicketsMismatch);
             }
-            Ok(ReservationEvent::TicketsIssued { reservation_id, order_id, tickets })
+            Ok(ReservationEvent::TicketsIssued {
+                reservation_id,
+                order_id,
+                tickets,
+            })
         }
         ReservationCommand::Expire => {
             if r.status != ReservationStatus::Held {
@@ -317,7 +372,11 @@ pub fn decide(r: &Reservation, command: ReservationCommand, now: DateTime<Utc>) 
                 return Err(ReservationError::AmountMismatch);
             }
             let order_id = r.order_id.expect("a confirmed reservation has an order");
-            Ok(ReservationEvent::RefundIssued { reservation_id, order_id, amount })
+            Ok(ReservationEvent::RefundIssued {
+                reservation_id,
+                order_id,
+                amount,
+            })
         }
     }
 }
@@ -326,10 +385,19 @@ fn tickets_match(items: &Items, tickets: &[Ticket]) -> bool {
     match items {
         Items::Seats(seats) => {
             tickets.len() == seats.len()
-                && seats.iter().all(|s| tickets.iter().filter(|t| t.seat.as_deref() == Some(s.as_str())).count() == 1)
+                && seats.iter().all(|s| {
+                    tickets
+                        .iter()
+                        .filter(|t| t.seat.as_deref() == Some(s.as_str()))
+                        .count()
+                        == 1
+                })
         }
         Items::General { section, quantity } => {
-            tickets.len() == *quantity as usize && tickets.iter().all(|t| t.section.as_deref() == Some(section) && t.seat.is_none())
+            tickets.len() == *quantity as usize
+                && tickets
+                    .iter()
+                    .all(|t| t.section.as_deref() == Some(section) && t.seat.is_none())
         }
     }
 }
@@ -346,14 +414,22 @@ pub fn place(event: &ReservationEvent) -> Reservation {
             placed_at,
             expires_at,
             total,
+            currency,
             origin,
             entry_id,
             idempotency_key,
         } => {
             let items = match section {
-                Some(section) if seats.is_empty() => Items::General { section: section.clone(), quantity: *quantity },
+                Some(section) if seats.is_empty() => Items::General {
+                    section: section.clone(),
+                    quantity: *quantity,
+                },
                 _ => {
-                    assert_eq!(seats.len(), *quantity as usize, "ReservationPlaced seat count mismatch");
+                    assert_eq!(
+                        seats.len(),
+                        *quantity as usize,
+                        "ReservationPlaced seat count mismatch"
+                    );
                     Items::Seats(seats.clone())
                 }
             };
@@ -364,6 +440,7 @@ pub fn place(event: &ReservationEvent) -> Reservation {
                 placed_at: *placed_at,
                 expires_at: *expires_at,
                 total: *total,
+                currency: currency.clone(),
                 origin: *origin,
                 entry_id: *entry_id,
                 idempotency_key: idempotency_key.clone(),
@@ -382,27 +459,63 @@ pub fn place(event: &ReservationEvent) -> Reservation {
 pub fn apply(r: &mut Reservation, event: &ReservationEvent) {
     use ReservationStatus as S;
     match event {
-        ReservationEvent::ReservationPlaced { .. } => panic!("ReservationPlaced twice for {}", r.reservation_id),
-        ReservationEvent::PaymentStarted { payment_id, deadline, .. } => {
-            assert_eq!(r.status, S::Held, "PaymentStarted on a reservation that is not held");
+        ReservationEvent::ReservationPlaced { .. } => {
+            panic!("ReservationPlaced twice for {}", r.reservation_id)
+        }
+        ReservationEvent::PaymentStarted {
+            payment_id,
+            deadline,
+            ..
+        } => {
+            assert_eq!(
+                r.status,
+                S::Held,
+                "PaymentStarted on a reservation that is not held"
+            );
             r.status = S::PaymentPending;
-            r.payment = Some(Payment { payment_id: *payment_id, deadline: *deadline, status: PaymentStatus::Pending });
+            r.payment = Some(Payment {
+                payment_id: *payment_id,
+                deadline: *deadline,
+                status: PaymentStatus::Pending,
+            });
         }
         ReservationEvent::PaymentCaptured { payment_id, .. } => {
-            let p = r.payment.as_mut().expect("PaymentCaptured without a payment");
-            assert!(p.payment_id == *payment_id && p.status == PaymentStatus::Pending, "PaymentCaptured out of order");
+            let p = r
+                .payment
+                .as_mut()
+                .expect("PaymentCaptured without a payment");
+            assert!(
+                p.payment_id == *payment_id && p.status == PaymentStatus::Pending,
+                "PaymentCaptured out of order"
+            );
             p.status = PaymentStatus::Captured;
         }
-        ReservationEvent::PaymentFailed { payment_id, .. } | ReservationEvent::PaymentTimedOut { payment_id, .. } => {
-            let p = r.payment.as_mut().expect("payment outcome without a payment");
-            assert!(p.payment_id == *payment_id && p.status == PaymentStatus::Pending, "payment failure out of order");
+        ReservationEvent::PaymentFailed { payment_id, .. }
+        | ReservationEvent::PaymentTimedOut { payment_id, .. } => {
+            let p = r
+                .payment
+                .as_mut()
+                .expect("payment outcome without a payment");
+            assert!(
+                p.payment_id == *payment_id && p.status == PaymentStatus::Pending,
+                "payment failure out of order"
+            );
             let failed = matches!(event, ReservationEvent::PaymentFailed { .. });
-            p.status = if failed { PaymentStatus::Failed } else { PaymentStatus::TimedOut };
+            p.status = if failed {
+                PaymentStatus::Failed
+            } else {
+                PaymentStatus::TimedOut
+            };
             r.status = if failed { S::PaymentFailed } else { S::Expired };
         }
-        ReservationEvent::TicketsIssued { order_id, tickets, .. } => {
+        ReservationEvent::TicketsIssued {
+            order_id, tickets, ..
+        } => {
             assert!(
-                r.status == S::PaymentPending && r.payment.as_ref().is_some_and(|p| p.status == PaymentStatus::Captured),
+                r.status == S::PaymentPending
+                    && r.payment
+                        .as_ref()
+                        .is_some_and(|p| p.status == PaymentStatus::Captured),
                 "TicketsIssued without a captured payment"
             );
             r.status = S::Confirmed;
@@ -410,15 +523,27 @@ pub fn apply(r: &mut Reservation, event: &ReservationEvent) {
             r.tickets = tickets.clone();
         }
         ReservationEvent::HoldExpired { .. } => {
-            assert_eq!(r.status, S::Held, "HoldExpired on a reservation that is not held");
+            assert_eq!(
+                r.status,
+                S::Held,
+                "HoldExpired on a reservation that is not held"
+            );
             r.status = S::Expired;
         }
         ReservationEvent::ReservationCancelled { .. } => {
-            assert_eq!(r.status, S::Held, "ReservationCancelled on a reservation that is not held");
+            assert_eq!(
+                r.status,
+                S::Held,
+                "ReservationCancelled on a reservation that is not held"
+            );
             r.status = S::Cancelled;
         }
         ReservationEvent::RefundIssued { .. } => {
-            assert_eq!(r.status, S::Confirmed, "RefundIssued on a reservation that is not confirmed");
+            assert_eq!(
+                r.status,
+                S::Confirmed,
+                "RefundIssued on a reservation that is not confirmed"
+            );
             r.status = S::Refunded;
         }
     }

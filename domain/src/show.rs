@@ -36,7 +36,10 @@ pub const ACTIVE_HOLDS_PER_USER_DEFAULT: u32 = 3;
 pub const ACTIVE_HOLDS_PER_USER_MAX: u32 = 20;
 
 const _: () = assert!(SEATS_PER_ROW_MAX <= SEATS_PER_SHOW_MAX);
-const _: () = assert!(HOLD_TTL_SECONDS_MIN <= HOLD_TTL_SECONDS_DEFAULT && HOLD_TTL_SECONDS_DEFAULT <= HOLD_TTL_SECONDS_MAX);
+const _: () = assert!(
+    HOLD_TTL_SECONDS_MIN <= HOLD_TTL_SECONDS_DEFAULT
+        && HOLD_TTL_SECONDS_DEFAULT <= HOLD_TTL_SECONDS_MAX
+);
 const _: () = assert!(crate::policy::SEATS_PER_HOLD_MAX <= MAX_TICKETS_PER_USER_MAX);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,19 +156,29 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
 /// Labels (section ids, row labels, tier ids) are short and use no `-`, because seat ids
 /// are `{section}-{row}-{number}` and must split back unambiguously.
 fn valid_label(label: &str) -> bool {
-    !label.is_empty() && label.len() <= LABEL_LEN_MAX && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    !label.is_empty()
+        && label.len() <= LABEL_LEN_MAX
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 fn check_range(errors: &mut Vec<FieldError>, field: &str, value: u32, min: u32, max: u32) {
     if value < min || value > max {
-        errors.push(FieldError::new(field, format!("must be between {min} and {max}")));
+        errors.push(FieldError::new(
+            field,
+            format!("must be between {min} and {max}"),
+        ));
     }
 }
 
@@ -174,7 +187,10 @@ impl ShowDefinition {
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         if self.name.trim().is_empty() || self.name.chars().count() > NAME_LEN_MAX {
-            errors.push(FieldError::new("name", format!("must be 1 to {NAME_LEN_MAX} characters")));
+            errors.push(FieldError::new(
+                "name",
+                format!("must be 1 to {NAME_LEN_MAX} characters"),
+            ));
         }
         for (field, value) in [
             ("venue.name", &self.venue.name),
@@ -183,20 +199,41 @@ impl ShowDefinition {
             ("venue.timezone", &self.venue.timezone),
         ] {
             if value.trim().is_empty() || value.chars().count() > NAME_LEN_MAX {
-                errors.push(FieldError::new(field, format!("must be 1 to {NAME_LEN_MAX} characters")));
+                errors.push(FieldError::new(
+                    field,
+                    format!("must be 1 to {NAME_LEN_MAX} characters"),
+                ));
             }
         }
         if self.currency.len() != 3 || !self.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-            errors.push(FieldError::new("currency", "must be an ISO 4217 code such as EUR"));
+            errors.push(FieldError::new(
+                "currency",
+                "must be an ISO 4217 code such as EUR",
+            ));
         }
         if let (Some(open), Some(close)) = (self.sales_open_at, self.sales_close_at)
             && close <= open
         {
-            errors.push(FieldError::new("sales_close_at", "must be after sales_open_at"));
+            errors.push(FieldError::new(
+                "sales_close_at",
+                "must be after sales_open_at",
+            ));
         }
         let l = &self.limits;
-        check_range(&mut errors, "limits.max_tickets_per_user", l.max_tickets_per_user, 1, MAX_TICKETS_PER_USER_MAX);
-        check_range(&mut errors, "limits.hold_ttl_seconds", l.hold_ttl_seconds, HOLD_TTL_SECONDS_MIN, HOLD_TTL_SECONDS_MAX);
+        check_range(
+            &mut errors,
+            "limits.max_tickets_per_user",
+            l.max_tickets_per_user,
+            1,
+            MAX_TICKETS_PER_USER_MAX,
+        );
+        check_range(
+            &mut errors,
+            "limits.hold_ttl_seconds",
+            l.hold_ttl_seconds,
+            HOLD_TTL_SECONDS_MIN,
+            HOLD_TTL_SECONDS_MAX,
+        );
         check_range(
             &mut errors,
             "limits.payment_timeout_seconds",
@@ -211,41 +248,77 @@ impl ShowDefinition {
             WAITLIST_CLAIM_SECONDS_MIN,
             WAITLIST_CLAIM_SECONDS_MAX,
         );
-        check_range(&mut errors, "limits.max_active_holds_per_user", l.max_active_holds_per_user, 1, ACTIVE_HOLDS_PER_USER_MAX);
+        check_range(
+            &mut errors,
+            "limits.max_active_holds_per_user",
+            l.max_active_holds_per_user,
+            1,
+            ACTIVE_HOLDS_PER_USER_MAX,
+        );
 
         if self.price_tiers.is_empty() || self.price_tiers.len() > TIERS_PER_SHOW_MAX {
-            errors.push(FieldError::new("price_tiers", format!("must list 1 to {TIERS_PER_SHOW_MAX} tiers")));
+            errors.push(FieldError::new(
+                "price_tiers",
+                format!("must list 1 to {TIERS_PER_SHOW_MAX} tiers"),
+            ));
         }
         let mut tier_ids = HashSet::new();
         for (i, tier) in self.price_tiers.iter().enumerate() {
             if !valid_label(&tier.id) {
-                errors.push(FieldError::new(format!("price_tiers[{i}].id"), "must be 1 to 16 letters, digits or _"));
+                errors.push(FieldError::new(
+                    format!("price_tiers[{i}].id"),
+                    "must be 1 to 16 letters, digits or _",
+                ));
             } else if !tier_ids.insert(tier.id.as_str()) {
-                errors.push(FieldError::new(format!("price_tiers[{i}].id"), "duplicate tier id"));
+                errors.push(FieldError::new(
+                    format!("price_tiers[{i}].id"),
+                    "duplicate tier id",
+                ));
             }
             if tier.name.trim().is_empty() || tier.name.chars().count() > NAME_LEN_MAX {
-                errors.push(FieldError::new(format!("price_tiers[{i}].name"), "must be 1 to 200 characters"));
+                errors.push(FieldError::new(
+                    format!("price_tiers[{i}].name"),
+                    "must be 1 to 200 characters",
+                ));
             }
             if tier.price.0 < 0 {
-                errors.push(FieldError::new(format!("price_tiers[{i}].price"), "must not be negative"));
+                errors.push(FieldError::new(
+                    format!("price_tiers[{i}].price"),
+                    "must not be negative",
+                ));
             } else if tier.price.0 > AMOUNT_MINOR_MAX {
-                errors.push(FieldError::new(format!("price_tiers[{i}].price"), "is too large"));
+                errors.push(FieldError::new(
+                    format!("price_tiers[{i}].price"),
+                    "is too large",
+                ));
             }
         }
 
         if self.sections.is_empty() || self.sections.len() > SECTIONS_PER_SHOW_MAX {
-            errors.push(FieldError::new("sections", format!("must list 1 to {SECTIONS_PER_SHOW_MAX} sections")));
+            errors.push(FieldError::new(
+                "sections",
+                format!("must list 1 to {SECTIONS_PER_SHOW_MAX} sections"),
+            ));
         }
         let mut section_ids = HashSet::new();
         let mut seats_total: u64 = 0;
         for (i, section) in self.sections.iter().enumerate() {
             if !valid_label(&section.id) {
-                errors.push(FieldError::new(format!("sections[{i}].id"), "must be 1 to 16 letters, digits or _"));
+                errors.push(FieldError::new(
+                    format!("sections[{i}].id"),
+                    "must be 1 to 16 letters, digits or _",
+                ));
             } else if !section_ids.insert(section.id.as_str()) {
-                errors.push(FieldError::new(format!("sections[{i}].id"), "duplicate section id"));
+                errors.push(FieldError::new(
+                    format!("sections[{i}].id"),
+                    "duplicate section id",
+                ));
             }
             if section.name.trim().is_empty() || section.name.chars().count() > NAME_LEN_MAX {
-                errors.push(FieldError::new(format!("sections[{i}].name"), "must be 1 to 200 characters"));
+                errors.push(FieldError::new(
+                    format!("sections[{i}].name"),
+                    "must be 1 to 200 characters",
+                ));
             }
             match &section.layout {
                 SectionLayout::Seated { rows } => {
@@ -263,7 +336,10 @@ impl ShowDefinition {
                                 "must be 1 to 16 letters, digits or _",
                             ));
                         } else if !row_labels.insert(row.row.as_str()) {
-                            errors.push(FieldError::new(format!("sections[{i}].rows[{j}].row"), "duplicate row"));
+                            errors.push(FieldError::new(
+                                format!("sections[{i}].rows[{j}].row"),
+                                "duplicate row",
+                            ));
                         }
                         if row.seats == 0 || row.seats > SEATS_PER_ROW_MAX {
                             errors.push(FieldError::new(
@@ -272,7 +348,10 @@ impl ShowDefinition {
                             ));
                         }
                         if !tier_ids.contains(row.tier.as_str()) {
-                            errors.push(FieldError::new(format!("sections[{i}].rows[{j}].tier"), "unknown tier"));
+                            errors.push(FieldError::new(
+                                format!("sections[{i}].rows[{j}].tier"),
+                                "unknown tier",
+                            ));
                         }
                         seats_total += u64::from(row.seats);
                     }
@@ -285,15 +364,25 @@ impl ShowDefinition {
                         ));
                     }
                     if !tier_ids.contains(tier.as_str()) {
-                        errors.push(FieldError::new(format!("sections[{i}].tier"), "unknown tier"));
+                        errors.push(FieldError::new(
+                            format!("sections[{i}].tier"),
+                            "unknown tier",
+                        ));
                     }
                 }
             }
         }
         if seats_total > u64::from(SEATS_PER_SHOW_MAX) {
-            errors.push(FieldError::new("sections", format!("a show has at most {SEATS_PER_SHOW_MAX} seats")));
+            errors.push(FieldError::new(
+                "sections",
+                format!("a show has at most {SEATS_PER_SHOW_MAX} seats"),
+            ));
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     pub fn tier(&self, id: &str) -> Option<&PriceTier> {
@@ -355,8 +444,14 @@ pub enum ShowEvent {
 }
 
 impl ShowEvent {
-    pub const TYPES: [&'static str; 6] =
-        ["ShowScheduled", "ShowRescheduled", "ShowRenamed", "SalesWindowChanged", "TierPriceChanged", "ShowCancelled"];
+    pub const TYPES: [&'static str; 6] = [
+        "ShowScheduled",
+        "ShowRescheduled",
+        "ShowRenamed",
+        "SalesWindowChanged",
+        "TierPriceChanged",
+        "ShowCancelled",
+    ];
 
     pub fn event_type(&self) -> &'static str {
         match self {
@@ -372,12 +467,28 @@ impl ShowEvent {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShowCommand {
-    Schedule { show_id: ShowId, organizer_id: UserId, definition: ShowDefinition },
-    Reschedule { starts_at: DateTime<Utc> },
-    Rename { name: String },
-    ChangeSalesWindow { sales_open_at: Option<DateTime<Utc>>, sales_close_at: Option<DateTime<Utc>> },
-    ChangeTierPrice { tier_id: String, price: Minor },
-    Cancel { reason: String },
+    Schedule {
+        show_id: ShowId,
+        organizer_id: UserId,
+        definition: ShowDefinition,
+    },
+    Reschedule {
+        starts_at: DateTime<Utc>,
+    },
+    Rename {
+        name: String,
+    },
+    ChangeSalesWindow {
+        sales_open_at: Option<DateTime<Utc>>,
+        sales_close_at: Option<DateTime<Utc>>,
+    },
+    ChangeTierPrice {
+        tier_id: String,
+        price: Minor,
+    },
+    Cancel {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -396,9 +507,20 @@ impl Show {
     /// Decides a show command against the current state (`None`: not scheduled yet).
     pub fn decide(state: Option<&Show>, command: ShowCommand) -> Result<ShowEvent, ShowError> {
         let (show, command) = match (state, command) {
-            (None, ShowCommand::Schedule { show_id, organizer_id, definition }) => {
+            (
+                None,
+                ShowCommand::Schedule {
+                    show_id,
+                    organizer_id,
+                    definition,
+                },
+            ) => {
                 definition.validate().map_err(ShowError::Invalid)?;
-                return Ok(ShowEvent::ShowScheduled { show_id, organizer_id, definition });
+                return Ok(ShowEvent::ShowScheduled {
+                    show_id,
+                    organizer_id,
+                    definition,
+                });
             }
             (Some(_), ShowCommand::Schedule { .. }) => return Err(ShowError::AlreadyScheduled),
             (None, _) => return Err(ShowError::NotScheduled),
@@ -416,15 +538,26 @@ impl Show {
                 definition.name = name.clone();
                 ShowEvent::ShowRenamed { name }
             }
-            ShowCommand::ChangeSalesWindow { sales_open_at, sales_close_at } => {
+            ShowCommand::ChangeSalesWindow {
+                sales_open_at,
+                sales_close_at,
+            } => {
                 definition.sales_open_at = sales_open_at;
                 definition.sales_close_at = sales_close_at;
-                ShowEvent::SalesWindowChanged { sales_open_at, sales_close_at }
+                ShowEvent::SalesWindowChanged {
+                    sales_open_at,
+                    sales_close_at,
+                }
             }
             ShowCommand::ChangeTierPrice { tier_id, price } => {
                 match definition.price_tiers.iter_mut().find(|t| t.id == tier_id) {
                     Some(tier) => tier.price = price,
-                    None => return Err(ShowError::Invalid(vec![FieldError::new("tier_id", "unknown tier")])),
+                    None => {
+                        return Err(ShowError::Invalid(vec![FieldError::new(
+                            "tier_id",
+                            "unknown tier",
+                        )]));
+                    }
                 }
                 ShowEvent::TierPriceChanged { tier_id, price }
             }
@@ -439,7 +572,11 @@ impl Show {
     /// wrong, and that stops the show (asserted).
     pub fn apply(state: &mut Option<Show>, event: &ShowEvent) {
         match event {
-            ShowEvent::ShowScheduled { show_id, organizer_id, definition } => {
+            ShowEvent::ShowScheduled {
+                show_id,
+                organizer_id,
+                definition,
+            } => {
                 assert!(state.is_none(), "ShowScheduled for a show that exists");
                 *state = Some(Show {
                     show_id: *show_id,
@@ -452,9 +589,14 @@ impl Show {
                 let show = state.as_mut().expect("show event before ShowScheduled");
                 match other {
                     ShowEvent::ShowScheduled { .. } => unreachable!(),
-                    ShowEvent::ShowRescheduled { starts_at } => show.definition.starts_at = *starts_at,
+                    ShowEvent::ShowRescheduled { starts_at } => {
+                        show.definition.starts_at = *starts_at
+                    }
                     ShowEvent::ShowRenamed { name } => show.definition.name = name.clone(),
-                    ShowEvent::SalesWindowChanged { sales_open_at, sales_close_at } => {
+                    ShowEvent::SalesWindowChanged {
+                        sales_open_at,
+                        sales_close_at,
+                    } => {
                         show.definition.sales_open_at = *sales_open_at;
                         show.definition.sales_close_at = *sales_close_at;
                     }

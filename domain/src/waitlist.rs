@@ -51,7 +51,10 @@ impl WaitlistState {
     }
 
     fn entry_mut(&mut self, entry_id: EntryId) -> &mut Entry {
-        self.entries.iter_mut().find(|e| e.entry_id == entry_id).expect("waitlist event for an unknown entry")
+        self.entries
+            .iter_mut()
+            .find(|e| e.entry_id == entry_id)
+            .expect("waitlist event for an unknown entry")
     }
 
     /// 1-based place among the open entries (waiting or offered), or `None` if closed.
@@ -70,11 +73,15 @@ impl WaitlistState {
 
     /// Entries still waiting for an offer, in order of joining (first-fit order).
     pub fn waiting(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.iter().filter(|e| e.status == EntryStatus::Waiting)
+        self.entries
+            .iter()
+            .filter(|e| e.status == EntryStatus::Waiting)
     }
 
     pub fn open_entry_of(&self, user_id: UserId) -> Option<&Entry> {
-        self.entries.iter().find(|e| e.user_id == user_id && e.is_open())
+        self.entries
+            .iter()
+            .find(|e| e.user_id == user_id && e.is_open())
     }
 
     pub fn waiting_count(&self) -> usize {
@@ -116,8 +123,13 @@ pub enum WaitlistEvent {
 }
 
 impl WaitlistEvent {
-    pub const TYPES: [&'static str; 5] =
-        ["WaitlistJoined", "WaitlistOffered", "WaitlistOfferClaimed", "WaitlistOfferExpired", "WaitlistLeft"];
+    pub const TYPES: [&'static str; 5] = [
+        "WaitlistJoined",
+        "WaitlistOffered",
+        "WaitlistOfferClaimed",
+        "WaitlistOfferExpired",
+        "WaitlistLeft",
+    ];
 
     pub fn event_type(&self) -> &'static str {
         match self {
@@ -146,41 +158,105 @@ pub enum WaitlistError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WaitlistCommand {
-    Join { entry_id: EntryId, user_id: UserId, quantity: u32, section: Option<String> },
-    Offer { entry_id: EntryId, reservation_id: ReservationId, seats: Vec<String>, section: Option<String>, expires_at: DateTime<Utc> },
-    Claim { entry_id: EntryId, reservation_id: ReservationId },
-    ExpireOffer { entry_id: EntryId, reservation_id: ReservationId },
-    Leave { entry_id: EntryId },
+    Join {
+        entry_id: EntryId,
+        user_id: UserId,
+        quantity: u32,
+        section: Option<String>,
+    },
+    Offer {
+        entry_id: EntryId,
+        reservation_id: ReservationId,
+        seats: Vec<String>,
+        section: Option<String>,
+        expires_at: DateTime<Utc>,
+    },
+    Claim {
+        entry_id: EntryId,
+        reservation_id: ReservationId,
+    },
+    ExpireOffer {
+        entry_id: EntryId,
+        reservation_id: ReservationId,
+    },
+    Leave {
+        entry_id: EntryId,
+    },
 }
 
-pub fn decide(state: &WaitlistState, command: WaitlistCommand) -> Result<WaitlistEvent, WaitlistError> {
+pub fn decide(
+    state: &WaitlistState,
+    command: WaitlistCommand,
+) -> Result<WaitlistEvent, WaitlistError> {
     match command {
-        WaitlistCommand::Join { entry_id, user_id, quantity, section } => {
+        WaitlistCommand::Join {
+            entry_id,
+            user_id,
+            quantity,
+            section,
+        } => {
             if state.open_entry_of(user_id).is_some() {
                 return Err(WaitlistError::AlreadyWaiting);
             }
             assert!(state.entry(entry_id).is_none(), "entry id reused");
-            Ok(WaitlistEvent::WaitlistJoined { entry_id, user_id, quantity, section })
+            Ok(WaitlistEvent::WaitlistJoined {
+                entry_id,
+                user_id,
+                quantity,
+                section,
+            })
         }
-        WaitlistCommand::Offer { entry_id, reservation_id, seats, section, expires_at } => {
+        WaitlistCommand::Offer {
+            entry_id,
+            reservation_id,
+            seats,
+            section,
+            expires_at,
+        } => {
             let entry = state.entry(entry_id).ok_or(WaitlistError::EntryNotFound)?;
             if entry.status != EntryStatus::Waiting {
                 return Err(WaitlistError::NotWaiting);
             }
             let quantity = entry.quantity;
-            assert!(seats.is_empty() || seats.len() == quantity as usize, "offer does not match the entry's quantity");
-            Ok(WaitlistEvent::WaitlistOffered { entry_id, reservation_id, seats, section, quantity, expires_at })
+            assert!(
+                seats.is_empty() || seats.len() == quantity as usize,
+                "offer does not match the entry's quantity"
+            );
+            Ok(WaitlistEvent::WaitlistOffered {
+                entry_id,
+                reservation_id,
+                seats,
+                section,
+                quantity,
+                expires_at,
+            })
         }
-        WaitlistCommand::Claim { entry_id, reservation_id } | WaitlistCommand::ExpireOffer { entry_id, reservation_id } => {
+        WaitlistCommand::Claim {
+            entry_id,
+            reservation_id,
+        }
+        | WaitlistCommand::ExpireOffer {
+            entry_id,
+            reservation_id,
+        } => {
             let entry = state.entry(entry_id).ok_or(WaitlistError::EntryNotFound)?;
             let open = entry.status == EntryStatus::Offered
-                && entry.offer.as_ref().is_some_and(|o| o.reservation_id == reservation_id);
+                && entry
+                    .offer
+                    .as_ref()
+                    .is_some_and(|o| o.reservation_id == reservation_id);
             if !open {
                 return Err(WaitlistError::NoOpenOffer);
             }
             Ok(match command {
-                WaitlistCommand::Claim { .. } => WaitlistEvent::WaitlistOfferClaimed { entry_id, reservation_id },
-                _ => WaitlistEvent::WaitlistOfferExpired { entry_id, reservation_id },
+                WaitlistCommand::Claim { .. } => WaitlistEvent::WaitlistOfferClaimed {
+                    entry_id,
+                    reservation_id,
+                },
+                _ => WaitlistEvent::WaitlistOfferExpired {
+                    entry_id,
+                    reservation_id,
+                },
             })
         }
         WaitlistCommand::Leave { entry_id } => {
@@ -195,8 +271,16 @@ pub fn decide(state: &WaitlistState, command: WaitlistCommand) -> Result<Waitlis
 
 pub fn apply(state: &mut WaitlistState, event: &WaitlistEvent) {
     match event {
-        WaitlistEvent::WaitlistJoined { entry_id, user_id, quantity, section } => {
-            assert!(state.entry(*entry_id).is_none(), "WaitlistJoined twice for {entry_id}");
+        WaitlistEvent::WaitlistJoined {
+            entry_id,
+            user_id,
+            quantity,
+            section,
+        } => {
+            assert!(
+                state.entry(*entry_id).is_none(),
+                "WaitlistJoined twice for {entry_id}"
+            );
             state.entries.push(Entry {
                 entry_id: *entry_id,
                 user_id: *user_id,
@@ -206,20 +290,40 @@ pub fn apply(state: &mut WaitlistState, event: &WaitlistEvent) {
                 offer: None,
             });
         }
-        WaitlistEvent::WaitlistOffered { entry_id, reservation_id, expires_at, .. } => {
+        WaitlistEvent::WaitlistOffered {
+            entry_id,
+            reservation_id,
+            expires_at,
+            ..
+        } => {
             let entry = state.entry_mut(*entry_id);
-            assert_eq!(entry.status, EntryStatus::Waiting, "WaitlistOffered to an entry that is not waiting");
+            assert_eq!(
+                entry.status,
+                EntryStatus::Waiting,
+                "WaitlistOffered to an entry that is not waiting"
+            );
             entry.status = EntryStatus::Offered;
-            entry.offer = Some(Offer { reservation_id: *reservation_id, expires_at: *expires_at });
+            entry.offer = Some(Offer {
+                reservation_id: *reservation_id,
+                expires_at: *expires_at,
+            });
         }
         WaitlistEvent::WaitlistOfferClaimed { entry_id, .. } => {
             let entry = state.entry_mut(*entry_id);
-            assert_eq!(entry.status, EntryStatus::Offered, "WaitlistOfferClaimed without an open offer");
+            assert_eq!(
+                entry.status,
+                EntryStatus::Offered,
+                "WaitlistOfferClaimed without an open offer"
+            );
             entry.status = EntryStatus::Claimed;
         }
         WaitlistEvent::WaitlistOfferExpired { entry_id, .. } => {
             let entry = state.entry_mut(*entry_id);
-            assert_eq!(entry.status, EntryStatus::Offered, "WaitlistOfferExpired without an open offer");
+            assert_eq!(
+                entry.status,
+                EntryStatus::Offered,
+                "WaitlistOfferExpired without an open offer"
+            );
             entry.status = EntryStatus::Expired;
         }
         WaitlistEvent::WaitlistLeft { entry_id } => {
@@ -248,7 +352,12 @@ mod tests {
         "2027-01-01T00:10:00Z".parse().unwrap()
     }
     fn joined(n: u128, u: u128) -> WaitlistEvent {
-        WaitlistEvent::WaitlistJoined { entry_id: entry(n), user_id: user(u), quantity: 2, section: None }
+        WaitlistEvent::WaitlistJoined {
+            entry_id: entry(n),
+            user_id: user(u),
+            quantity: 2,
+            section: None,
+        }
     }
     fn offered(n: u128, r: u128) -> WaitlistEvent {
         WaitlistEvent::WaitlistOffered {
@@ -271,15 +380,30 @@ mod tests {
     #[test]
     fn a_user_has_one_open_entry() {
         let s = given(&[joined(1, 1)]);
-        let again = WaitlistCommand::Join { entry_id: entry(2), user_id: user(1), quantity: 1, section: None };
+        let again = WaitlistCommand::Join {
+            entry_id: entry(2),
+            user_id: user(1),
+            quantity: 1,
+            section: None,
+        };
         assert_eq!(decide(&s, again), Err(WaitlistError::AlreadyWaiting));
-        let other = WaitlistCommand::Join { entry_id: entry(2), user_id: user(2), quantity: 1, section: None };
+        let other = WaitlistCommand::Join {
+            entry_id: entry(2),
+            user_id: user(2),
+            quantity: 1,
+            section: None,
+        };
         assert!(decide(&s, other).is_ok());
     }
 
     #[test]
     fn positions_count_open_entries_in_join_order() {
-        let s = given(&[joined(1, 1), joined(2, 2), joined(3, 3), WaitlistEvent::WaitlistLeft { entry_id: entry(1) }]);
+        let s = given(&[
+            joined(1, 1),
+            joined(2, 2),
+            joined(3, 3),
+            WaitlistEvent::WaitlistLeft { entry_id: entry(1) },
+        ]);
         assert_eq!(s.position(entry(1)), None);
         assert_eq!(s.position(entry(2)), Some(1));
         assert_eq!(s.position(entry(3)), Some(2));
@@ -288,21 +412,52 @@ mod tests {
     #[test]
     fn an_entry_gets_one_offer_and_it_cannot_be_reused() {
         let s = given(&[joined(1, 1), offered(1, 10)]);
-        let second = WaitlistCommand::Offer { entry_id: entry(1), reservation_id: rsv(11), seats: vec![], section: None, expires_at: at() };
+        let second = WaitlistCommand::Offer {
+            entry_id: entry(1),
+            reservation_id: rsv(11),
+            seats: vec![],
+            section: None,
+            expires_at: at(),
+        };
         assert_eq!(decide(&s, second), Err(WaitlistError::NotWaiting));
-        let claim_other = WaitlistCommand::Claim { entry_id: entry(1), reservation_id: rsv(11) };
+        let claim_other = WaitlistCommand::Claim {
+            entry_id: entry(1),
+            reservation_id: rsv(11),
+        };
         assert_eq!(decide(&s, claim_other), Err(WaitlistError::NoOpenOffer));
-        let s = given(&[joined(1, 1), offered(1, 10), WaitlistEvent::WaitlistOfferClaimed { entry_id: entry(1), reservation_id: rsv(10) }]);
-        let claim_again = WaitlistCommand::Claim { entry_id: entry(1), reservation_id: rsv(10) };
+        let s = given(&[
+            joined(1, 1),
+            offered(1, 10),
+            WaitlistEvent::WaitlistOfferClaimed {
+                entry_id: entry(1),
+                reservation_id: rsv(10),
+            },
+        ]);
+        let claim_again = WaitlistCommand::Claim {
+            entry_id: entry(1),
+            reservation_id: rsv(10),
+        };
         assert_eq!(decide(&s, claim_again), Err(WaitlistError::NoOpenOffer));
-        let expire = WaitlistCommand::ExpireOffer { entry_id: entry(1), reservation_id: rsv(10) };
+        let expire = WaitlistCommand::ExpireOffer {
+            entry_id: entry(1),
+            reservation_id: rsv(10),
+        };
         assert_eq!(decide(&s, expire), Err(WaitlistError::NoOpenOffer));
     }
 
     #[test]
     fn leaving_closes_the_entry_once() {
-        let s = given(&[joined(1, 1), WaitlistEvent::WaitlistLeft { entry_id: entry(1) }]);
-        assert_eq!(decide(&s, WaitlistCommand::Leave { entry_id: entry(1) }), Err(WaitlistError::Closed));
-        assert_eq!(decide(&s, WaitlistCommand::Leave { entry_id: entry(9) }), Err(WaitlistError::EntryNotFound));
+        let s = given(&[
+            joined(1, 1),
+            WaitlistEvent::WaitlistLeft { entry_id: entry(1) },
+        ]);
+        assert_eq!(
+            decide(&s, WaitlistCommand::Leave { entry_id: entry(1) }),
+            Err(WaitlistError::Closed)
+        );
+        assert_eq!(
+            decide(&s, WaitlistCommand::Leave { entry_id: entry(9) }),
+            Err(WaitlistError::EntryNotFound)
+        );
     }
 }

@@ -1,0 +1,140 @@
+//! Per-request context: the request id (a task-local set by the request-id layer, so
+//! any error can name it) and the caller.
+
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use boxoffice_domain::UserId;
+use uuid::Uuid;
+
+use crate::error::{ApiError, REQUEST_ID_HEADER};
+use crate::state::AppState;
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// Longest request id we echo back.
+const REQUEST_ID_LEN_MAX: usize = 128;
+
+/// The id of the request being handled, or a fresh one outside a request.
+pub fn request_id() -> String {
+    REQUEST_ID
+        .try_with(|id| id.clone())
+        .unwrap_or_else(|_| Uuid::now_v7().to_string())
+}
+
+/// Takes the caller's `x-request-id` (if sane) or makes one, runs the request in its
+/// scope, puts it on the response and into any problem body.
+pub async fn request_id_layer(request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= REQUEST_ID_LEN_MAX
+                && v.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| Uuid::now_v7().to_string());
+    let mut response = REQUEST_ID.scope(id.clone(), next.run(request)).await;
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v == "application/problem+json");
+    if is_problem {
+        response = fill_problem_request_id(response, &id).await;
+    }
+    response.headers_mut().insert(
+        REQUEST_ID_HEADER,
+        HeaderValue::from_str(&id).expect("checked ascii"),
+    );
+    response
+}
+
+/// Problem bodies are small; the id is written into the `request_id` member.
+async fn fill_problem_request_id(response: Response, id: &str) -> Response {
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            map.insert(
+                "request_id".into(),
+                serde_json::Value::String(id.to_string()),
+            );
+            serde_json::to_vec(&map).unwrap_or_else(|_| bytes.to_vec())
+        }
+        _ => bytes.to_vec(),
+    };
+    let mut parts = parts;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// The authenticated caller.
+///
+/// Until the auth issue lands, authentication is a development token: every request
+/// that changes something carries `Authorization: Bearer <dev token>` (from `DEV_TOKEN`,
+/// or generated into the data directory on first run) and names the acting user in
+/// `X-Dev-User: usr_…`. It is a placeholder for a single developer's machine, not an
+/// auth scheme; the next issue replaces it with registered users and JWTs.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub user_id: UserId,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+        if !constant_time_eq(token.as_bytes(), state.dev_token.as_bytes()) {
+            return Err(ApiError::unauthorized("invalid token"));
+        }
+        let user_id = parts
+            .headers
+            .get("x-dev-user")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<UserId>().ok())
+            .ok_or_else(|| ApiError::unauthorized("X-Dev-User must name a user id (usr_…)"))?;
+        Ok(Caller { user_id })
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The `Idempotency-Key` (or `X-Idempotency-Key`) of a request, if any.
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    const KEY_LEN_MAX: usize = 255;
+    let Some(value) = headers
+        .get("idempotency-key")
+        .or_else(|| headers.get("x-idempotency-key"))
+    else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::invalid_field("Idempotency-Key", "must be visible ASCII"))?;
+    if key.is_empty() || key.len() > KEY_LEN_MAX {
+        return Err(ApiError::invalid_field(
+            "Idempotency-Key",
+            "must be 1 to 255 characters",
+        ));
+    }
+    Ok(Some(key.to_string()))
+}

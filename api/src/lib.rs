@@ -1,0 +1,226 @@
+//! The Boxoffice HTTP server: configuration, start-up and the router. `main` only wires
+//! config and tracing; [`Application`] builds the server, can bind port 0 so tests run
+//! it for real, and shuts down when the future it is given completes.
+
+pub mod context;
+pub mod error;
+pub mod json;
+pub mod reservations;
+pub mod seatmap;
+pub mod shows;
+pub mod state;
+pub mod views;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Router, middleware};
+use boxoffice_commands::{Engine, EngineConfig};
+use boxoffice_domain::{RandomIds, SystemClock};
+use boxoffice_store::EventStore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::seatmap::SeatMaps;
+use crate::state::AppState;
+
+/// Largest request body accepted.
+pub const BODY_BYTES_MAX: usize = 256 * 1024;
+/// Longest a request may take before it is answered 503.
+pub const REQUEST_TIMEOUT_MS: u64 = 35_000;
+
+/// Server configuration, from flags or the environment (see `boxoffice serve --help`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long = "bind", env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Event store: `sqlite://path` (embedded) or `postgres://…`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/boxoffice.db"
+    )]
+    pub database_url: String,
+    /// Directory for local state (the SQLite file by default, the generated dev token).
+    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Development bearer token. If unset, one is generated into `<data dir>/dev-token`.
+    #[arg(long, env = "DEV_TOKEN", hide_env_values = true)]
+    pub dev_token: Option<String>,
+}
+
+impl Config {
+    /// A configuration for tests: port 0 on loopback, the given store, a fixed token.
+    pub fn for_tests(database_url: String, data_dir: PathBuf) -> Self {
+        Self {
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            database_url,
+            data_dir,
+            dev_token: Some("test-token".into()),
+        }
+    }
+
+    /// The dev token: configured, or read from (or generated into) the data directory.
+    fn dev_token(&self) -> anyhow::Result<String> {
+        if let Some(token) = &self.dev_token {
+            return Ok(token.clone());
+        }
+        let path = self.data_dir.join("dev-token");
+        if let Ok(token) = std::fs::read_to_string(&path) {
+            return Ok(token.trim().to_string());
+        }
+        std::fs::create_dir_all(&self.data_dir)?;
+        let token = format!(
+            "dev_{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        std::fs::write(&path, &token)?;
+        tracing::info!(path = %path.display(), "generated a development token");
+        Ok(token)
+    }
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    store: Arc<dyn EventStore>,
+}
+
+impl Application {
+    /// Opens the store, loads every show and the seat maps, and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = boxoffice_store::connect(&config.database_url).await?;
+        Self::build_with_store(config, store).await
+    }
+
+    pub async fn build_with_store(
+        config: Config,
+        store: Arc<dyn EventStore>,
+    ) -> anyhow::Result<Self> {
+        let engine = Engine::new(
+            Arc::clone(&store),
+            Arc::new(SystemClock),
+            Arc::new(RandomIds),
+            EngineConfig::default(),
+        );
+        let shows = engine.load_all().await?;
+        let seatmaps = SeatMaps::new(Arc::clone(&store));
+        seatmaps.catch_up().await?;
+        tracing::info!(
+            shows,
+            position = seatmaps.position(),
+            backend = store.backend(),
+            "loaded"
+        );
+        let state = AppState {
+            engine,
+            seatmaps,
+            dev_token: config.dev_token()?.into(),
+            ready: Arc::new(AtomicBool::new(false)),
+        };
+        let listener = TcpListener::bind(config.bind).await?;
+        Ok(Self {
+            listener,
+            state,
+            store,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener")
+    }
+
+    pub fn dev_token(&self) -> &str {
+        &self.state.dev_token
+    }
+
+    /// Serves until `shutdown` completes, then stops taking requests, finishes those in
+    /// flight and lets every show actor finish its batch.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let follower = tokio::spawn(Arc::clone(&self.state.seatmaps).follow(stop_rx));
+        let state = self.state.clone();
+        state.ready.store(true, Ordering::Release);
+        let ready = Arc::clone(&state.ready);
+        let app = router(state.clone());
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            ready.store(false, Ordering::Release);
+            tracing::info!("shutting down");
+        })
+        .await?;
+        state.engine.shutdown().await;
+        let _ = stop_tx.send(true);
+        let _ = follower.await;
+        drop(self.store);
+        Ok(())
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(shows::router())
+        .merge(reservations::router())
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_millis(REQUEST_TIMEOUT_MS),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(context::request_id_layer))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    let ready = app.ready.load(Ordering::Acquire) && app.engine.store().ping().await.is_ok();
+    if ready {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "starting, stopping, or the database is unreachable",
+        )
+        .into_response()
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}

@@ -1,0 +1,18 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use boxoffice_commands::Engine;
+
+use crate::seatmap::SeatMaps;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub seatmaps: Arc<SeatMaps>,
+    pub dev_token: Arc<str>,
+    /// True once the write side has loaded and the read model caught up; false again
+    /// while shutting down.
+    pub ready: Arc<AtomicBool>,
+}

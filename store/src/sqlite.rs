@@ -1,0 +1,646 @@
+//! The SQLite backend: the event log in one WAL-mode file, written by exactly one
+//! connection and read through a small pool.
+//!
+//! One writer connection behind a mutex makes every append a `BEGIN IMMEDIATE` … `COMMIT`
+//! on its own, so rowid positions are assigned in commit order without further work.
+//! sqlx runs each SQLite connection on a worker thread and pays a hop per statement, so an
+//! append is a fixed handful of statements whatever its size: the whole batch travels as
+//! one JSON text parameter and is expanded by `json_each` inside SQLite.
+//!
+//! Automatic WAL checkpoints are off on the writer, because SQLite would run them inside
+//! the commit that crosses the threshold and double that commit's latency; a background
+//! task checkpoints from a connection of its own instead.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Row};
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+use tokio::task::JoinHandle;
+
+use crate::common::{
+    advance_head, assert_contiguous, checkpoint_position, decode_metadata, decode_position,
+    decode_stored_position, decode_version, expected_version_i64, planned_events, position_bound,
+    read_limit, validate,
+};
+use crate::{
+    AppendBatch, AppendResult, EventMetadata, EventStore, RecordedEvent, StoreError, StoreResult,
+};
+
+/// Read connections; reads in WAL mode run beside the writer, so a few are plenty.
+const READ_POOL_CONNECTIONS_MAX: u32 = 4;
+/// How long to wait for a pooled read connection before reporting the store unavailable.
+const ACQUIRE_TIMEOUT_MS: u64 = 5_000;
+/// How long a statement waits on another process's lock before failing with SQLITE_BUSY.
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+/// How often the background task checkpoints the WAL into the database file.
+const CHECKPOINT_INTERVAL_MS: u64 = 1_000;
+/// The WAL file is truncated back to this size after a checkpoint resets it, so one burst
+/// does not leave a huge file behind.
+const JOURNAL_SIZE_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// SQLITE_CONSTRAINT_UNIQUE, the extended result code of a unique index violation. In
+/// `events` the only unique index a correct append can hit is `events_stream_version_key`
+/// (positions come from AUTOINCREMENT, and a duplicate rowid would be
+/// SQLITE_CONSTRAINT_PRIMARYKEY).
+const SQLITE_CONSTRAINT_UNIQUE: &str = "2067";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// The first stream (in the order given) that is not at its expected version E: current
+/// means no row at all for E = 0, or a row at E and none at E + 1. `?1` is a JSON array of
+/// `[stream_id, expected_version]` pairs.
+const STALE_STREAM_SQL: &str = "\
+SELECT s.value ->> 0
+FROM json_each(?1) AS s
+WHERE NOT CASE
+    WHEN s.value ->> 1 = 0 THEN
+        NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = s.value ->> 0)
+    ELSE
+        EXISTS (SELECT 1 FROM events e WHERE e.stream_id = s.value ->> 0 AND e.version = s.value ->> 1)
+        AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = s.value ->> 0 AND e.version = (s.value ->> 1) + 1)
+    END
+ORDER BY s.key
+LIMIT 1";
+
+/// Inserts the whole batch, in array order, from one JSON array of [`JsonEvent`]. `->`
+/// keeps payload and metadata as JSON text; `->>` unwraps the scalars.
+const INSERT_SQL: &str = "\
+INSERT INTO events (partition_key, stream_id, version, event_type, schema_version, payload, metadata, recorded_at)
+SELECT ?2, e.value ->> 's', e.value ->> 'v', e.value ->> 't', e.value ->> 'sv', e.value -> 'p', e.value -> 'm', ?3
+FROM json_each(?1) AS e
+ORDER BY e.key";
+
+/// What the writer asserts after its insert, before committing: the rows in the computed
+/// position range, and the first and last of them belonging to the first and last event of
+/// the batch (so the range is this batch's, in the order given).
+const VERIFY_SQL: &str = "\
+SELECT (SELECT count(*) FROM events WHERE position >= ?1),
+       (SELECT coalesce(max(position), 0) FROM events),
+       (SELECT stream_id FROM events WHERE position = ?1),
+       (SELECT version FROM events WHERE position = ?1),
+       (SELECT stream_id FROM events WHERE position = ?2),
+       (SELECT version FROM events WHERE position = ?2)";
+
+const SELECT_EVENT_COLUMNS: &str = "\
+SELECT position, partition_key, stream_id, version, event_type, schema_version, payload, metadata, recorded_at
+FROM events";
+
+const HEAD_SQL: &str = "SELECT coalesce(max(position), 0) FROM events";
+
+/// One event as the insert statement reads it from the JSON batch. Short keys keep the
+/// parameter small; payload and metadata are embedded as JSON, not as strings, so they are
+/// parsed once by SQLite and stored as its canonical JSON text.
+#[derive(Serialize)]
+struct JsonEvent<'a> {
+    s: &'a str,
+    v: i64,
+    t: &'a str,
+    sv: i32,
+    p: &'a serde_json::Value,
+    m: &'a EventMetadata,
+}
+
+/// The single writer connection, and whether a transaction was left open on it (by a
+/// panic between BEGIN and COMMIT), so that the next append can roll it back first.
+struct Writer {
+    conn: SqliteConnection,
+    in_transaction: bool,
+}
+
+/// The SQLite event store. Dropping it stops its checkpoint task.
+pub struct SqliteEventStore {
+    writer: Arc<Mutex<Writer>>,
+    readers: SqlitePool,
+    head: Arc<watch::Sender<u64>>,
+    checkpointer: Option<JoinHandle<()>>,
+}
+
+impl Drop for SqliteEventStore {
+    fn drop(&mut self) {
+        if let Some(task) = &self.checkpointer {
+            task.abort();
+        }
+    }
+}
+
+impl SqliteEventStore {
+    /// Opens (creating if missing) the database named by a `sqlite://path` URL, runs the
+    /// migrations, and starts the checkpoint task. `sqlite::memory:` opens a private
+    /// in-memory database shared by this store's connections.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let base = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Config(format!("invalid SQLite URL: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
+            .foreign_keys(true);
+        let in_memory = is_in_memory(url);
+        if !in_memory {
+            create_parent_dir(base.get_filename())?;
+        }
+
+        // Checkpoints are the background task's job, never the writer's (see module docs).
+        let writer_options = base
+            .clone()
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES.to_string());
+        let mut writer = writer_options.connect().await.map_err(open_error)?;
+        MIGRATOR
+            .run(&mut writer)
+            .await
+            .map_err(|e| StoreError::Config(format!("SQLite migration failed: {e}")))?;
+        let head: i64 = sqlx::query_scalar(HEAD_SQL)
+            .fetch_one(&mut writer)
+            .await
+            .map_err(unavailable)?;
+        let head = Arc::new(watch::channel(decode_stored_position("head position", head)?).0);
+
+        // An in-memory database lives in shared cache, where a read-only connection cannot
+        // attach; readers wait on the writer through SQLite's unlock notification there.
+        let reader_options = if in_memory {
+            base.clone()
+        } else {
+            base.clone().read_only(true)
+        };
+        let readers = SqlitePoolOptions::new()
+            .max_connections(READ_POOL_CONNECTIONS_MAX)
+            .acquire_timeout(Duration::from_millis(ACQUIRE_TIMEOUT_MS))
+            .connect_with(reader_options)
+            .await
+            .map_err(open_error)?;
+
+        let checkpointer = if in_memory {
+            None
+        } else {
+            let conn = base
+                .pragma("wal_autocheckpoint", "0")
+                .connect()
+                .await
+                .map_err(open_error)?;
+            Some(tokio::spawn(checkpoint_periodically(
+                conn,
+                head.subscribe(),
+            )))
+        };
+
+        Ok(Self {
+            writer: Arc::new(Mutex::new(Writer {
+                conn: writer,
+                in_transaction: false,
+            })),
+            readers,
+            head,
+            checkpointer,
+        })
+    }
+
+    async fn fetch_events<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    ) -> StoreResult<Vec<RecordedEvent>> {
+        let rows = query.fetch_all(&self.readers).await.map_err(unavailable)?;
+        rows.iter().map(decode_event).collect()
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteEventStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn append(&self, batch: AppendBatch) -> StoreResult<AppendResult> {
+        validate(&batch)?;
+        // Serialized before taking the writer, so that building the JSON of one batch
+        // overlaps with the previous batch's commit instead of extending it.
+        let encoded = EncodedBatch::new(&batch)?;
+        let writer = Arc::clone(&self.writer).lock_owned().await;
+        // The append runs in a task of its own so that a caller giving up (a dropped
+        // future) cannot stop it between BEGIN and COMMIT with the writer mid-transaction.
+        let task = tokio::spawn(append_on_writer(writer, batch, encoded));
+        let result = match task.await {
+            Ok(result) => result?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => {
+                return Err(StoreError::Unavailable(format!(
+                    "SQLite append task ended: {e}"
+                )));
+            }
+        };
+        advance_head(&self.head, result.last_position);
+        Ok(result)
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        after_version: u64,
+    ) -> StoreResult<Vec<RecordedEvent>> {
+        let sql = format!(
+            "{SELECT_EVENT_COLUMNS} WHERE stream_id = ?1 AND version > ?2 ORDER BY version"
+        );
+        self.fetch_events(
+            sqlx::query(&sql)
+                .bind(stream_id)
+                .bind(position_bound(after_version)),
+        )
+        .await
+    }
+
+    async fn read_partition(
+        &self,
+        partition_key: &str,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<RecordedEvent>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "{SELECT_EVENT_COLUMNS} WHERE partition_key = ?1 AND position > ?2 ORDER BY position LIMIT ?3"
+        );
+        self.fetch_events(
+            sqlx::query(&sql)
+                .bind(partition_key)
+                .bind(position_bound(after))
+                .bind(read_limit(limit)),
+        )
+        .await
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> StoreResult<Vec<RecordedEvent>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let sql = format!("{SELECT_EVENT_COLUMNS} WHERE position > ?1 ORDER BY position LIMIT ?2");
+        self.fetch_events(
+            sqlx::query(&sql)
+                .bind(position_bound(after))
+                .bind(read_limit(limit)),
+        )
+        .await
+    }
+
+    async fn head_position(&self) -> StoreResult<u64> {
+        let head: i64 = sqlx::query_scalar(HEAD_SQL)
+            .fetch_one(&self.readers)
+            .await
+            .map_err(unavailable)?;
+        let head = decode_stored_position("head position", head)?;
+        advance_head(&self.head, head);
+        Ok(head)
+    }
+
+    fn subscribe_head(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    async fn load_checkpoint(&self, consumer: &str) -> StoreResult<u64> {
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM checkpoints WHERE consumer = ?1")
+                .bind(consumer)
+                .fetch_optional(&self.readers)
+                .await
+                .map_err(unavailable)?;
+        position.map_or(Ok(0), |p| decode_stored_position("checkpoint", p))
+    }
+
+    async fn save_checkpoint(&self, consumer: &str, position: u64) -> StoreResult<()> {
+        let position = checkpoint_position(position)?;
+        // Checkpoints are writes, so they go through the one writer connection too.
+        let mut writer = self.writer.lock().await;
+        let writer = &mut *writer;
+        rollback_abandoned(writer).await?;
+        sqlx::query(
+            "INSERT INTO checkpoints (consumer, position, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (consumer) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+        )
+        .bind(consumer)
+        .bind(position)
+        .bind(format_timestamp(Utc::now()))
+        .execute(&mut writer.conn)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn partitions(&self) -> StoreResult<Vec<String>> {
+        // A loose index scan over events_partition_position_idx: one index probe per
+        // partition instead of reading every event.
+        sqlx::query_scalar(
+            "WITH RECURSIVE p(key) AS (
+                 SELECT min(partition_key) FROM events
+                 UNION ALL
+                 SELECT (SELECT min(e.partition_key) FROM events e WHERE e.partition_key > p.key)
+                 FROM p WHERE p.key IS NOT NULL
+             )
+             SELECT key FROM p WHERE key IS NOT NULL",
+        )
+        .fetch_all(&self.readers)
+        .await
+        .map_err(unavailable)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.readers)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+/// A batch as the two JSON parameters of an append.
+struct EncodedBatch {
+    /// `[[stream_id, expected_version], …]` for the version check.
+    streams: String,
+    /// `[JsonEvent, …]` in append order for the insert.
+    events: String,
+    event_count: usize,
+}
+
+impl EncodedBatch {
+    fn new(batch: &AppendBatch) -> StoreResult<Self> {
+        let streams: Vec<(&str, i64)> = batch
+            .streams
+            .iter()
+            .map(|s| {
+                (
+                    s.stream_id.as_str(),
+                    expected_version_i64(s.expected_version),
+                )
+            })
+            .collect();
+        let events: Vec<JsonEvent<'_>> = planned_events(batch)
+            .map(|p| JsonEvent {
+                s: p.stream_id,
+                v: p.version,
+                t: &p.event.event_type,
+                sv: p.event.schema_version,
+                p: &p.event.payload,
+                m: &p.event.metadata,
+            })
+            .collect();
+        let encode_error = |e: serde_json::Error| {
+            StoreError::InvalidAppend(format!("batch cannot be encoded: {e}"))
+        };
+        Ok(Self {
+            streams: serde_json::to_string(&streams).map_err(encode_error)?,
+            events: serde_json::to_string(&events).map_err(encode_error)?,
+            event_count: events.len(),
+        })
+    }
+}
+
+/// One append on the writer connection: BEGIN IMMEDIATE, version check, insert, verify,
+/// COMMIT; ROLLBACK on any failure.
+async fn append_on_writer(
+    mut writer: OwnedMutexGuard<Writer>,
+    batch: AppendBatch,
+    encoded: EncodedBatch,
+) -> StoreResult<AppendResult> {
+    let writer = &mut *writer;
+    rollback_abandoned(writer).await?;
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut writer.conn)
+        .await
+        .map_err(unavailable)?;
+    writer.in_transaction = true;
+    match insert_batch(&mut writer.conn, &batch, &encoded).await {
+        Ok(result) => {
+            if let Err(e) = sqlx::query("COMMIT").execute(&mut writer.conn).await {
+                rollback_abandoned(writer).await?;
+                return Err(unavailable(e));
+            }
+            writer.in_transaction = false;
+            Ok(result)
+        }
+        Err(e) => {
+            rollback_abandoned(writer).await?;
+            Err(e)
+        }
+    }
+}
+
+/// The statements between BEGIN and COMMIT.
+async fn insert_batch(
+    conn: &mut SqliteConnection,
+    batch: &AppendBatch,
+    encoded: &EncodedBatch,
+) -> StoreResult<AppendResult> {
+    let stale: Option<String> = sqlx::query_scalar(STALE_STREAM_SQL)
+        .bind(&encoded.streams)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    if let Some(stream_id) = stale {
+        return Err(StoreError::Conflict { stream_id });
+    }
+
+    let inserted = sqlx::query(INSERT_SQL)
+        .bind(&encoded.events)
+        .bind(&batch.partition_key)
+        .bind(format_timestamp(batch.recorded_at))
+        .execute(&mut *conn)
+        .await;
+    let inserted = match inserted {
+        Ok(inserted) => inserted,
+        Err(e) if is_unique_violation(&e) => {
+            // Another process appended between our check and insert, which BEGIN IMMEDIATE
+            // rules out for writers that use it; name the first of our streams that is
+            // now stale, for the caller.
+            let stream_id = sqlx::query_scalar(STALE_STREAM_SQL)
+                .bind(&encoded.streams)
+                .fetch_optional(&mut *conn)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| batch.streams[0].stream_id.clone());
+            return Err(StoreError::Conflict { stream_id });
+        }
+        Err(e) => return Err(unavailable(e)),
+    };
+
+    // One writer holds the database lock, so AUTOINCREMENT hands this statement the rowids
+    // right after the previous maximum, in insert order.
+    let last = inserted.last_insert_rowid();
+    let count = i64::try_from(inserted.rows_affected()).expect("row count fits in i64");
+    let first = last - count + 1;
+    let (in_range, max, first_stream, first_version, last_stream, last_version): (
+        i64,
+        i64,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+        Option<i64>,
+    ) = sqlx::query_as(VERIFY_SQL)
+        .bind(first)
+        .bind(last)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    assert_contiguous(first, last, count, encoded.event_count);
+    assert_eq!(
+        in_range, count,
+        "rows at or above position {first} are not exactly this append"
+    );
+    assert_eq!(
+        max, last,
+        "position {last} is not the newest row after the append"
+    );
+    let planned_first = planned_events(batch)
+        .next()
+        .expect("validated batch has events");
+    let planned_last = planned_events(batch)
+        .last()
+        .expect("validated batch has events");
+    assert_eq!(
+        (first_stream.as_deref(), first_version),
+        (Some(planned_first.stream_id), Some(planned_first.version)),
+        "position {first} is not the first event of the append"
+    );
+    assert_eq!(
+        (last_stream.as_deref(), last_version),
+        (Some(planned_last.stream_id), Some(planned_last.version)),
+        "position {last} is not the last event of the append"
+    );
+    Ok(AppendResult {
+        first_position: first as u64,
+        last_position: last as u64,
+    })
+}
+
+/// Rolls back a transaction left open on the writer, by an error or a panic mid-append.
+async fn rollback_abandoned(writer: &mut Writer) -> StoreResult<()> {
+    if writer.in_transaction {
+        sqlx::query("ROLLBACK")
+            .execute(&mut writer.conn)
+            .await
+            .map_err(unavailable)?;
+        writer.in_transaction = false;
+    }
+    Ok(())
+}
+
+/// Moves committed WAL frames into the database file once a second while appends come in.
+/// PASSIVE never waits for readers or the writer, so it cannot stall an append; frames a
+/// reader still needs are left for the next round.
+async fn checkpoint_periodically(mut conn: SqliteConnection, mut head: watch::Receiver<u64>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(CHECKPOINT_INTERVAL_MS));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        // Nothing was appended since the last round: nothing to copy.
+        if !head.has_changed().unwrap_or(false) {
+            continue;
+        }
+        head.mark_unchanged();
+        let result: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&mut conn)
+            .await;
+        match result {
+            Ok((busy, wal_frames, checkpointed_frames)) => {
+                tracing::trace!(
+                    busy,
+                    wal_frames,
+                    checkpointed_frames,
+                    "SQLite WAL checkpoint"
+                );
+            }
+            Err(error) => tracing::warn!(%error, "SQLite WAL checkpoint failed"),
+        }
+    }
+}
+
+fn decode_event(row: &SqliteRow) -> StoreResult<RecordedEvent> {
+    let position = decode_position(row.try_get("position").map_err(|e| corrupt(0, e))?)?;
+    let version = decode_version(
+        position,
+        row.try_get("version").map_err(|e| corrupt(position, e))?,
+    )?;
+    let payload: &str = row.try_get("payload").map_err(|e| corrupt(position, e))?;
+    let payload = serde_json::from_str(payload).map_err(|e| StoreError::Corrupt {
+        position,
+        reason: format!("payload: {e}"),
+    })?;
+    let metadata: &str = row.try_get("metadata").map_err(|e| corrupt(position, e))?;
+    let metadata = decode_metadata(position, metadata)?;
+    let recorded_at: &str = row
+        .try_get("recorded_at")
+        .map_err(|e| corrupt(position, e))?;
+    let recorded_at = DateTime::parse_from_rfc3339(recorded_at)
+        .map_err(|e| StoreError::Corrupt {
+            position,
+            reason: format!("recorded_at {recorded_at:?}: {e}"),
+        })?
+        .with_timezone(&Utc);
+    Ok(RecordedEvent {
+        position,
+        partition_key: row
+            .try_get("partition_key")
+            .map_err(|e| corrupt(position, e))?,
+        stream_id: row.try_get("stream_id").map_err(|e| corrupt(position, e))?,
+        version,
+        event_type: row
+            .try_get("event_type")
+            .map_err(|e| corrupt(position, e))?,
+        schema_version: row
+            .try_get("schema_version")
+            .map_err(|e| corrupt(position, e))?,
+        payload,
+        metadata,
+        recorded_at,
+    })
+}
+
+/// The stored form of a timestamp: RFC 3339 UTC with exactly six fractional digits
+/// (sub-microsecond digits are truncated, as PostgreSQL's timestamptz does).
+fn format_timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn is_in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+fn create_parent_dir(path: &Path) -> StoreResult<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Config(format!("cannot create directory {}: {e}", dir.display()))
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn corrupt(position: u64, error: sqlx::Error) -> StoreError {
+    StoreError::Corrupt {
+        position,
+        reason: error.to_string(),
+    }
+}
+
+/// A unique index violation, recognised by its extended result code, never by message text.
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some(SQLITE_CONSTRAINT_UNIQUE))
+}
+
+/// The file could not be opened: a bad path or permissions are configuration problems.
+fn open_error(error: sqlx::Error) -> StoreError {
+    StoreError::Config(format!("cannot open SQLite database: {error}"))
+}
+
+/// Every database failure other than a version conflict: the operation may be retried.
+fn unavailable(error: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(format!("SQLite: {error}"))
+}

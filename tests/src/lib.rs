@@ -1,0 +1,259 @@
+//! Shared helpers for Boxoffice's end-to-end suites: fresh stores on both backends, show
+//! fixtures, and an independent checker of the rules in `EVENTS.md` over a stored log.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use boxoffice_domain::event::DomainEvent;
+use boxoffice_domain::pool::PoolEvent;
+use boxoffice_domain::seat::SeatEvent;
+use boxoffice_domain::show::{
+    Limits, PriceTier, RowDef, SectionDef, SectionLayout, ShowDefinition, Venue,
+};
+use boxoffice_domain::{Minor, ReservationId, ShowId, ShowState};
+use boxoffice_store::{EventStore, RecordedEvent};
+use sqlx::Connection;
+
+/// A backend to run a suite against: its name and a URL for a fresh, empty store.
+pub struct Backend {
+    pub name: &'static str,
+    pub url: String,
+}
+
+/// A fresh SQLite file, and a fresh PostgreSQL database if `DATABASE_URL` is set.
+pub async fn backends() -> Vec<Backend> {
+    let mut backends = vec![Backend {
+        name: "sqlite",
+        url: fresh_sqlite_url(),
+    }];
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres") => backends.push(Backend {
+            name: "postgres",
+            url: fresh_postgres_url(&url).await,
+        }),
+        _ => println!("skipped: PostgreSQL (DATABASE_URL not set); running on SQLite only"),
+    }
+    backends
+}
+
+pub fn fresh_sqlite_url() -> String {
+    let dir =
+        std::env::temp_dir().join(format!("boxoffice-test-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    format!("sqlite://{}", dir.join("events.db").display())
+}
+
+/// Creates a new database on the server of `base_url` and returns its URL.
+pub async fn fresh_postgres_url(base_url: &str) -> String {
+    let name = format!("boxoffice_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(base_url)
+        .await
+        .expect("connect to DATABASE_URL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    conn.close().await.ok();
+    let (prefix, _) = base_url
+        .rsplit_once('/')
+        .expect("a database URL has a path");
+    format!("{prefix}/{name}")
+}
+
+pub async fn open(url: &str) -> Arc<dyn EventStore> {
+    boxoffice_store::connect(url).await.expect("open store")
+}
+
+/// A show of `rows × seats_per_row` seats in one seated section plus a GA floor.
+pub fn show_definition(
+    rows: u32,
+    seats_per_row: u32,
+    ga_capacity: u32,
+    limits: Limits,
+) -> ShowDefinition {
+    let mut sections = vec![SectionDef {
+        id: "S".into(),
+        name: "Stalls".into(),
+        layout: SectionLayout::Seated {
+            rows: (0..rows)
+                .map(|r| RowDef {
+                    row: format!("R{r}"),
+                    seats: seats_per_row,
+                    tier: if r < rows / 2 { "A".into() } else { "B".into() },
+                })
+                .collect(),
+        },
+    }];
+    if ga_capacity > 0 {
+        sections.push(SectionDef {
+            id: "floor".into(),
+            name: "Floor".into(),
+            layout: SectionLayout::GeneralAdmission {
+                capacity: ga_capacity,
+                tier: "B".into(),
+            },
+        });
+    }
+    ShowDefinition {
+        name: "Hammer night".into(),
+        venue: Venue {
+            name: "Arena".into(),
+            city: "Lisbon".into(),
+            country: "PT".into(),
+            timezone: "Europe/Lisbon".into(),
+        },
+        starts_at: chrono::Utc::now() + chrono::Duration::days(30),
+        currency: "EUR".into(),
+        sales_open_at: None,
+        sales_close_at: None,
+        limits,
+        price_tiers: vec![
+            PriceTier {
+                id: "A".into(),
+                name: "Front".into(),
+                price: Minor(12_000),
+            },
+            PriceTier {
+                id: "B".into(),
+                name: "Back".into(),
+                price: Minor(6_000),
+            },
+        ],
+        sections,
+    }
+}
+
+/// Every event of a show's partition, in order.
+pub async fn partition(store: &Arc<dyn EventStore>, show: ShowId) -> Vec<RecordedEvent> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store
+            .read_partition(&show.to_string(), after, 10_000)
+            .await
+            .expect("read partition");
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        all.extend(page);
+    }
+    all
+}
+
+/// What an independent check of a show's log found.
+#[derive(Debug, Default)]
+pub struct LogReport {
+    pub events: usize,
+    pub holds: usize,
+    pub releases: usize,
+}
+
+/// Checks a show's log without the domain's own bookkeeping: every event decodes and
+/// lies in its stream; versions are gap-free from 1 (rule 6); positions increase; a seat
+/// is held or sold by at most one reservation at a time, and GA pools never exceed their
+/// capacity (rule 1). Returns the replayed state too.
+pub fn check_log(show: ShowId, log: &[RecordedEvent]) -> Result<(LogReport, ShowState), String> {
+    let mut report = LogReport::default();
+    let mut versions: HashMap<&str, u64> = HashMap::new();
+    let mut seat_holder: HashMap<String, ReservationId> = HashMap::new();
+    let mut pool_used: HashMap<String, i64> = HashMap::new();
+    let mut pool_capacity: HashMap<String, i64> = HashMap::new();
+    let mut last_position = 0;
+    let mut events = Vec::with_capacity(log.len());
+    for r in log {
+        if r.position <= last_position {
+            return Err(format!("position {} after {}", r.position, last_position));
+        }
+        last_position = r.position;
+        let version = versions.entry(r.stream_id.as_str()).or_default();
+        if r.version != *version + 1 {
+            return Err(format!(
+                "stream {} jumps from {} to {} at position {}",
+                r.stream_id, version, r.version, r.position
+            ));
+        }
+        *version = r.version;
+        let event = DomainEvent::decode(&r.event_type, r.schema_version, &r.payload)
+            .map_err(|e| format!("position {}: {e}", r.position))?;
+        if event.stream_id(show) != r.stream_id {
+            return Err(format!(
+                "position {}: event of {} stored in {}",
+                r.position,
+                event.stream_id(show),
+                r.stream_id
+            ));
+        }
+        match &event {
+            DomainEvent::Show(boxoffice_domain::show::ShowEvent::ShowScheduled {
+                definition,
+                ..
+            }) => {
+                for s in &definition.sections {
+                    if let SectionLayout::GeneralAdmission { capacity, .. } = s.layout {
+                        pool_capacity.insert(s.id.clone(), i64::from(capacity));
+                    }
+                }
+            }
+            DomainEvent::Seat(SeatEvent::SeatHeld {
+                seat_id,
+                reservation_id,
+                ..
+            }) => {
+                report.holds += 1;
+                if let Some(holder) = seat_holder.insert(seat_id.clone(), *reservation_id) {
+                    return Err(format!(
+                        "seat {seat_id} held by {reservation_id} while held by {holder} (position {})",
+                        r.position
+                    ));
+                }
+            }
+            DomainEvent::Seat(SeatEvent::SeatReleased {
+                seat_id,
+                reservation_id,
+                ..
+            }) => {
+                report.releases += 1;
+                if seat_holder.remove(seat_id) != Some(*reservation_id) {
+                    return Err(format!(
+                        "seat {seat_id} released by {reservation_id}, which did not hold it (position {})",
+                        r.position
+                    ));
+                }
+            }
+            DomainEvent::Seat(SeatEvent::SeatSold {
+                seat_id,
+                reservation_id,
+                ..
+            }) => {
+                if seat_holder.get(seat_id) != Some(reservation_id) {
+                    return Err(format!(
+                        "seat {seat_id} sold to {reservation_id}, which did not hold it (position {})",
+                        r.position
+                    ));
+                }
+            }
+            DomainEvent::Pool(PoolEvent::PoolSeatsHeld {
+                section, quantity, ..
+            }) => {
+                let used = pool_used.entry(section.clone()).or_default();
+                *used += i64::from(*quantity);
+                if *used > pool_capacity.get(section).copied().unwrap_or(0) {
+                    return Err(format!(
+                        "pool {section} over capacity at position {}",
+                        r.position
+                    ));
+                }
+            }
+            DomainEvent::Pool(PoolEvent::PoolSeatsReleased {
+                section, quantity, ..
+            }) => {
+                *pool_used.entry(section.clone()).or_default() -= i64::from(*quantity);
+            }
+            _ => {}
+        }
+        report.events += 1;
+        events.push(event);
+    }
+    let state = ShowState::replay(show, &events);
+    state.check_invariants()?;
+    Ok((report, state))
+}
