@@ -61,6 +61,8 @@ const STEPS_MAX: usize = 60;
 const REPLAY_EVERY_STEPS: usize = 10;
 /// Cases per run unless `PROPTEST_CASES` says otherwise.
 const CASES_DEFAULT: u32 = 1_000;
+/// Generated runs the coverage test looks at.
+const COVERAGE_RUNS: usize = 500;
 
 const _: () = assert!(ROWS[0].1 + ROWS[1].1 + ROWS[2].1 == SEAT_COUNT as u32);
 const _: () = assert!(SEAT_COUNT <= u8::MAX as usize);
@@ -1145,13 +1147,13 @@ fn op() -> impl Strategy<Value = Op> {
         2 => pick().prop_map(Op::Expire),
         5 => Just(Op::ExpireDue),
         5 => prop_oneof![0..=60i64, 0..=2 * HOLD_TTL_SECONDS].prop_map(|seconds| Op::Advance { seconds }),
-        7 => pick().prop_map(Op::StartPayment),
+        9 => pick().prop_map(Op::StartPayment),
         5 => pick().prop_map(Op::Capture),
         5 => pick().prop_map(Op::IssueTickets),
         2 => pick().prop_map(Op::FailPayment),
         2 => pick().prop_map(Op::TimeOutPayment),
         2 => pick().prop_map(Op::Refund),
-        12 => (users, quantity, prop::sample::select(vec![Some(SEATED), Some(FLOOR), None]), prop::bool::weighted(0.7))
+        14 => (users, quantity, prop::sample::select(vec![Some(SEATED), Some(FLOOR), None]), prop::bool::weighted(0.7))
             .prop_map(|(user, quantity, section, aim)| Op::JoinWaitlist { user, quantity, section, aim }),
         3 => pick().prop_map(Op::LeaveWaitlist),
         3 => prop::collection::vec(0..SEAT_COUNT as u8, 1..=2).prop_map(|seats| Op::Block { seats }),
@@ -2420,7 +2422,7 @@ fn the_generated_commands_reach_every_outcome() {
     let mut runner = TestRunner::new_with_rng(ProptestConfig::default(), rng);
     let strategy = ops();
     let mut seen: BTreeMap<&'static str, usize> = BTreeMap::new();
-    for _ in 0..300 {
+    for _ in 0..COVERAGE_RUNS {
         let ops = strategy.new_tree(&mut runner).expect("a value").current();
         let run = execute(&ops).unwrap_or_else(|e| panic!("{e}\nops: {ops:#?}"));
         for (k, n) in run.seen {
