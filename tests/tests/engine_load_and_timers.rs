@@ -1,0 +1,161 @@
+//! The engine across restarts: holds expire on time (rule 4), also for holds found on
+//! load; a log with an unknown, malformed or rule-breaking event stops that show with the
+//! position named, never a silent skip; idempotent holds survive a restart.
+
+use std::sync::Arc;
+
+use boxoffice_commands::{CommandMeta, Engine, EngineConfig, EngineError};
+use boxoffice_domain::booking::{HoldRequest, Selection};
+use boxoffice_domain::reservation::ReservationStatus;
+use boxoffice_domain::show::{Limits, ShowCommand};
+use boxoffice_domain::{Clock, Command, ManualClock, RandomIds, ReservationId, ShowId, UserId};
+use boxoffice_store::{AppendBatch, EventMetadata, EventStore, NewEvent, StreamAppend};
+use boxoffice_tests::{backends, check_log, open, partition, show_definition};
+use chrono::{Duration, Utc};
+use serde_json::json;
+
+fn engine(store: &Arc<dyn EventStore>, clock: &Arc<ManualClock>) -> Arc<Engine> {
+    Engine::new(Arc::clone(store), Arc::clone(clock) as Arc<dyn Clock>, Arc::new(RandomIds), EngineConfig::default())
+}
+
+async fn schedule(engine: &Engine, ttl: u32) -> ShowId {
+    let show = ShowId(uuid::Uuid::now_v7());
+    let definition = show_definition(2, 10, 5, Limits { hold_ttl_seconds: ttl, ..Limits::default() });
+    let command = ShowCommand::Schedule { show_id: show, organizer_id: UserId(uuid::Uuid::now_v7()), definition };
+    engine.execute(show, Command::Show(command), CommandMeta::new("test")).await.unwrap();
+    show
+}
+
+fn hold(user: UserId, seats: &[&str], key: Option<&str>) -> Command {
+    Command::Hold(HoldRequest {
+        reservation_id: ReservationId(uuid::Uuid::now_v7()),
+        user_id: user,
+        idempotency_key: key.map(String::from),
+        selection: Selection::Seats(seats.iter().map(|s| s.to_string()).collect()),
+    })
+}
+
+async fn status(engine: &Engine, show: ShowId, id: ReservationId) -> ReservationStatus {
+    engine.query(show, move |s| s.reservation(id).unwrap().status).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_expire_on_time_and_after_a_restart() {
+    for backend in backends().await {
+        let store = open(&backend.url).await;
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let engine_1 = engine(&store, &clock);
+        let show = schedule(&engine_1, 60).await;
+        let user = UserId(uuid::Uuid::now_v7());
+        let early = engine_1.execute(show, hold(user, &["S-R0-1"], None), CommandMeta::new("t")).await.unwrap().reservation.unwrap();
+        clock.advance(Duration::seconds(30));
+        let late = engine_1.execute(show, hold(user, &["S-R0-2"], None), CommandMeta::new("t")).await.unwrap().reservation.unwrap();
+
+        // Not yet due: nothing expires.
+        clock.advance(Duration::seconds(29));
+        engine_1.tick(show).await.unwrap();
+        assert_eq!(status(&engine_1, show, early.reservation_id).await, ReservationStatus::Held, "{}", backend.name);
+
+        // The first hold is due: the actor's next batch expires it and releases its seat.
+        clock.advance(Duration::seconds(1));
+        engine_1.tick(show).await.unwrap();
+        engine_1.tick(show).await.unwrap();
+        assert_eq!(status(&engine_1, show, early.reservation_id).await, ReservationStatus::Expired, "{}", backend.name);
+        assert_eq!(status(&engine_1, show, late.reservation_id).await, ReservationStatus::Held);
+
+        // The process stops; while it is down the second hold falls due.
+        engine_1.shutdown().await;
+        clock.advance(Duration::seconds(120));
+        let engine_2 = engine(&store, &clock);
+        assert_eq!(engine_2.load_all().await.unwrap(), 1);
+        engine_2.tick(show).await.unwrap();
+        assert_eq!(status(&engine_2, show, late.reservation_id).await, ReservationStatus::Expired, "{}", backend.name);
+
+        let log = partition(&store, show).await;
+        let (_, replayed) = check_log(show, &log).unwrap();
+        let expired: Vec<_> = log.iter().filter(|e| e.event_type == "HoldExpired").collect();
+        assert_eq!(expired.len(), 2, "each hold expires exactly once");
+        assert!(expired.iter().all(|e| e.metadata.actor == "system:expiry"));
+        assert!(replayed.seat("S-R0-1").unwrap().state.is_available());
+        assert_eq!(replayed, engine_2.query(show, |s| s.clone()).await.unwrap());
+        engine_2.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_hold_returns_the_same_reservation_across_a_restart() {
+    for backend in backends().await {
+        let store = open(&backend.url).await;
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let first = engine(&store, &clock);
+        let show = schedule(&first, 300).await;
+        let user = UserId(uuid::Uuid::now_v7());
+        let a = first.execute(show, hold(user, &["S-R1-1", "S-R1-2"], Some("k")), CommandMeta::new("t")).await.unwrap();
+        first.shutdown().await;
+        let second = engine(&store, &clock);
+        let b = second.execute(show, hold(user, &["S-R1-1", "S-R1-2"], Some("k")), CommandMeta::new("t")).await.unwrap();
+        assert_eq!(a.reservation.unwrap().reservation_id, b.reservation.unwrap().reservation_id, "{}", backend.name);
+        assert_eq!(b.events, 0, "a repeat appends nothing");
+        second.shutdown().await;
+    }
+}
+
+/// Appends a raw event to a show's partition, bypassing the domain.
+async fn append_raw(store: &Arc<dyn EventStore>, show: ShowId, stream_id: String, expected_version: u64, event_type: &str, payload: serde_json::Value) -> u64 {
+    let metadata = EventMetadata { event_id: uuid::Uuid::now_v7(), correlation_id: uuid::Uuid::now_v7(), causation_id: None, actor: "test:raw".into() };
+    let batch = AppendBatch {
+        partition_key: show.to_string(),
+        streams: vec![StreamAppend { stream_id, expected_version, events: vec![NewEvent { event_type: event_type.into(), schema_version: 1, payload, metadata }] }],
+        recorded_at: Utc::now(),
+    };
+    store.append(batch).await.unwrap().last_position
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_log_stops_the_show_and_names_the_position() {
+    for backend in backends().await {
+        let store = open(&backend.url).await;
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let setup = engine(&store, &clock);
+        let unknown_show = schedule(&setup, 300).await;
+        let malformed_show = schedule(&setup, 300).await;
+        let oversold_show = schedule(&setup, 300).await;
+        let healthy_show = schedule(&setup, 300).await;
+        let user = UserId(uuid::Uuid::now_v7());
+        let held = setup.execute(oversold_show, hold(user, &["S-R0-1"], None), CommandMeta::new("t")).await.unwrap().reservation.unwrap();
+        setup.shutdown().await;
+
+        let unknown_at =
+            append_raw(&store, unknown_show, format!("seat-{unknown_show}-S-R0-1"), 0, "SeatTeleported", json!({"seat_id": "S-R0-1"})).await;
+        let malformed_at = append_raw(&store, malformed_show, format!("seat-{malformed_show}-S-R0-1"), 0, "SeatHeld", json!({"seat_id": 7})).await;
+        // A second hold of a held seat, with a correct version: only the domain can see it breaks rule 1.
+        let other = ReservationId(uuid::Uuid::now_v7());
+        let until = (Utc::now() + Duration::seconds(300)).to_rfc3339();
+        let oversold_at = append_raw(
+            &store,
+            oversold_show,
+            format!("seat-{oversold_show}-S-R0-1"),
+            1,
+            "SeatHeld",
+            json!({"seat_id": "S-R0-1", "reservation_id": other.to_string(), "until": until}),
+        )
+        .await;
+        assert_ne!(held.reservation_id, other);
+
+        let engine = engine(&store, &clock);
+        for (show, position, what) in
+            [(unknown_show, unknown_at, "unknown event type"), (malformed_show, malformed_at, "malformed"), (oversold_show, oversold_at, "does not apply")]
+        {
+            let err = engine.query(show, |_| ()).await.unwrap_err();
+            let EngineError::ShowStopped(reason) = &err else { panic!("{}: expected ShowStopped, got {err:?}", backend.name) };
+            assert!(reason.contains(&format!("position {position}")), "{}: {reason}", backend.name);
+            assert!(reason.contains(what), "{}: {reason}", backend.name);
+            // Commands are refused too, with the same reason, and nothing is appended.
+            let err = engine.execute(show, hold(user, &["S-R1-1"], None), CommandMeta::new("t")).await.unwrap_err();
+            assert!(matches!(err, EngineError::ShowStopped(_)), "{err:?}");
+        }
+        // Other shows are unaffected.
+        assert!(engine.execute(healthy_show, hold(user, &["S-R1-1"], None), CommandMeta::new("t")).await.is_ok());
+        engine.shutdown().await;
+    }
+}
