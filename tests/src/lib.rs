@@ -257,3 +257,57 @@ pub fn check_log(show: ShowId, log: &[RecordedEvent]) -> Result<(LogReport, Show
     state.check_invariants()?;
     Ok((report, state))
 }
+
+/// The real server on port 0, for HTTP suites.
+pub mod http {
+    use boxoffice_api::{Application, Config};
+
+    /// A running server and a client for it, authenticated with its dev token.
+    pub struct Server {
+        pub base: String,
+        pub token: String,
+        pub client: reqwest::Client,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    }
+
+    impl Server {
+        pub async fn start(url: &str) -> Server {
+            let dir = std::env::temp_dir()
+                .join(format!("boxoffice-http-{}", uuid::Uuid::new_v4().simple()));
+            let app = Application::build(Config::for_tests(url.to_string(), dir))
+                .await
+                .expect("server builds");
+            let base = format!("http://{}", app.local_addr());
+            let token = app.dev_token().to_string();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(app.run_until(async move {
+                let _ = stopped.await;
+            }));
+            Server {
+                base,
+                token,
+                client: reqwest::Client::new(),
+                stop: Some(stop),
+                task,
+            }
+        }
+
+        pub fn req(
+            &self,
+            method: reqwest::Method,
+            path: &str,
+            user: &str,
+        ) -> reqwest::RequestBuilder {
+            self.client
+                .request(method, format!("{}{path}", self.base))
+                .bearer_auth(&self.token)
+                .header("x-dev-user", user)
+        }
+
+        pub async fn stop(mut self) {
+            let _ = self.stop.take().unwrap().send(());
+            self.task.await.unwrap().unwrap();
+        }
+    }
+}

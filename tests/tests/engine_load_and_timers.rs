@@ -15,14 +15,34 @@ use chrono::{Duration, Utc};
 use serde_json::json;
 
 fn engine(store: &Arc<dyn EventStore>, clock: &Arc<ManualClock>) -> Arc<Engine> {
-    Engine::new(Arc::clone(store), Arc::clone(clock) as Arc<dyn Clock>, Arc::new(RandomIds), EngineConfig::default())
+    Engine::new(
+        Arc::clone(store),
+        Arc::clone(clock) as Arc<dyn Clock>,
+        Arc::new(RandomIds),
+        EngineConfig::default(),
+    )
 }
 
 async fn schedule(engine: &Engine, ttl: u32) -> ShowId {
     let show = ShowId(uuid::Uuid::now_v7());
-    let definition = show_definition(2, 10, 5, Limits { hold_ttl_seconds: ttl, ..Limits::default() });
-    let command = ShowCommand::Schedule { show_id: show, organizer_id: UserId(uuid::Uuid::now_v7()), definition };
-    engine.execute(show, Command::Show(command), CommandMeta::new("test")).await.unwrap();
+    let definition = show_definition(
+        2,
+        10,
+        5,
+        Limits {
+            hold_ttl_seconds: ttl,
+            ..Limits::default()
+        },
+    );
+    let command = ShowCommand::Schedule {
+        show_id: show,
+        organizer_id: UserId(uuid::Uuid::now_v7()),
+        definition,
+    };
+    engine
+        .execute(show, Command::Show(command), CommandMeta::new("test"))
+        .await
+        .unwrap();
     show
 }
 
@@ -36,7 +56,10 @@ fn hold(user: UserId, seats: &[&str], key: Option<&str>) -> Command {
 }
 
 async fn status(engine: &Engine, show: ShowId, id: ReservationId) -> ReservationStatus {
-    engine.query(show, move |s| s.reservation(id).unwrap().status).await.unwrap()
+    engine
+        .query(show, move |s| s.reservation(id).unwrap().status)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,21 +70,44 @@ async fn holds_expire_on_time_and_after_a_restart() {
         let engine_1 = engine(&store, &clock);
         let show = schedule(&engine_1, 60).await;
         let user = UserId(uuid::Uuid::now_v7());
-        let early = engine_1.execute(show, hold(user, &["S-R0-1"], None), CommandMeta::new("t")).await.unwrap().reservation.unwrap();
+        let early = engine_1
+            .execute(show, hold(user, &["S-R0-1"], None), CommandMeta::new("t"))
+            .await
+            .unwrap()
+            .reservation
+            .unwrap();
         clock.advance(Duration::seconds(30));
-        let late = engine_1.execute(show, hold(user, &["S-R0-2"], None), CommandMeta::new("t")).await.unwrap().reservation.unwrap();
+        let late = engine_1
+            .execute(show, hold(user, &["S-R0-2"], None), CommandMeta::new("t"))
+            .await
+            .unwrap()
+            .reservation
+            .unwrap();
 
         // Not yet due: nothing expires.
         clock.advance(Duration::seconds(29));
         engine_1.tick(show).await.unwrap();
-        assert_eq!(status(&engine_1, show, early.reservation_id).await, ReservationStatus::Held, "{}", backend.name);
+        assert_eq!(
+            status(&engine_1, show, early.reservation_id).await,
+            ReservationStatus::Held,
+            "{}",
+            backend.name
+        );
 
         // The first hold is due: the actor's next batch expires it and releases its seat.
         clock.advance(Duration::seconds(1));
         engine_1.tick(show).await.unwrap();
         engine_1.tick(show).await.unwrap();
-        assert_eq!(status(&engine_1, show, early.reservation_id).await, ReservationStatus::Expired, "{}", backend.name);
-        assert_eq!(status(&engine_1, show, late.reservation_id).await, ReservationStatus::Held);
+        assert_eq!(
+            status(&engine_1, show, early.reservation_id).await,
+            ReservationStatus::Expired,
+            "{}",
+            backend.name
+        );
+        assert_eq!(
+            status(&engine_1, show, late.reservation_id).await,
+            ReservationStatus::Held
+        );
 
         // The process stops; while it is down the second hold falls due.
         engine_1.shutdown().await;
@@ -69,11 +115,19 @@ async fn holds_expire_on_time_and_after_a_restart() {
         let engine_2 = engine(&store, &clock);
         assert_eq!(engine_2.load_all().await.unwrap(), 1);
         engine_2.tick(show).await.unwrap();
-        assert_eq!(status(&engine_2, show, late.reservation_id).await, ReservationStatus::Expired, "{}", backend.name);
+        assert_eq!(
+            status(&engine_2, show, late.reservation_id).await,
+            ReservationStatus::Expired,
+            "{}",
+            backend.name
+        );
 
         let log = partition(&store, show).await;
         let (_, replayed) = check_log(show, &log).unwrap();
-        let expired: Vec<_> = log.iter().filter(|e| e.event_type == "HoldExpired").collect();
+        let expired: Vec<_> = log
+            .iter()
+            .filter(|e| e.event_type == "HoldExpired")
+            .collect();
         assert_eq!(expired.len(), 2, "each hold expires exactly once");
         assert!(expired.iter().all(|e| e.metadata.actor == "system:expiry"));
         assert!(replayed.seat("S-R0-1").unwrap().state.is_available());
@@ -90,22 +144,62 @@ async fn an_idempotent_hold_returns_the_same_reservation_across_a_restart() {
         let first = engine(&store, &clock);
         let show = schedule(&first, 300).await;
         let user = UserId(uuid::Uuid::now_v7());
-        let a = first.execute(show, hold(user, &["S-R1-1", "S-R1-2"], Some("k")), CommandMeta::new("t")).await.unwrap();
+        let a = first
+            .execute(
+                show,
+                hold(user, &["S-R1-1", "S-R1-2"], Some("k")),
+                CommandMeta::new("t"),
+            )
+            .await
+            .unwrap();
         first.shutdown().await;
         let second = engine(&store, &clock);
-        let b = second.execute(show, hold(user, &["S-R1-1", "S-R1-2"], Some("k")), CommandMeta::new("t")).await.unwrap();
-        assert_eq!(a.reservation.unwrap().reservation_id, b.reservation.unwrap().reservation_id, "{}", backend.name);
+        let b = second
+            .execute(
+                show,
+                hold(user, &["S-R1-1", "S-R1-2"], Some("k")),
+                CommandMeta::new("t"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            a.reservation.unwrap().reservation_id,
+            b.reservation.unwrap().reservation_id,
+            "{}",
+            backend.name
+        );
         assert_eq!(b.events, 0, "a repeat appends nothing");
         second.shutdown().await;
     }
 }
 
 /// Appends a raw event to a show's partition, bypassing the domain.
-async fn append_raw(store: &Arc<dyn EventStore>, show: ShowId, stream_id: String, expected_version: u64, event_type: &str, payload: serde_json::Value) -> u64 {
-    let metadata = EventMetadata { event_id: uuid::Uuid::now_v7(), correlation_id: uuid::Uuid::now_v7(), causation_id: None, actor: "test:raw".into() };
+async fn append_raw(
+    store: &Arc<dyn EventStore>,
+    show: ShowId,
+    stream_id: String,
+    expected_version: u64,
+    event_type: &str,
+    payload: serde_json::Value,
+) -> u64 {
+    let metadata = EventMetadata {
+        event_id: uuid::Uuid::now_v7(),
+        correlation_id: uuid::Uuid::now_v7(),
+        causation_id: None,
+        actor: "test:raw".into(),
+    };
     let batch = AppendBatch {
         partition_key: show.to_string(),
-        streams: vec![StreamAppend { stream_id, expected_version, events: vec![NewEvent { event_type: event_type.into(), schema_version: 1, payload, metadata }] }],
+        streams: vec![StreamAppend {
+            stream_id,
+            expected_version,
+            events: vec![NewEvent {
+                event_type: event_type.into(),
+                schema_version: 1,
+                payload,
+                metadata,
+            }],
+        }],
         recorded_at: Utc::now(),
     };
     store.append(batch).await.unwrap().last_position
@@ -122,12 +216,36 @@ async fn a_corrupt_log_stops_the_show_and_names_the_position() {
         let oversold_show = schedule(&setup, 300).await;
         let healthy_show = schedule(&setup, 300).await;
         let user = UserId(uuid::Uuid::now_v7());
-        let held = setup.execute(oversold_show, hold(user, &["S-R0-1"], None), CommandMeta::new("t")).await.unwrap().reservation.unwrap();
+        let held = setup
+            .execute(
+                oversold_show,
+                hold(user, &["S-R0-1"], None),
+                CommandMeta::new("t"),
+            )
+            .await
+            .unwrap()
+            .reservation
+            .unwrap();
         setup.shutdown().await;
 
-        let unknown_at =
-            append_raw(&store, unknown_show, format!("seat-{unknown_show}-S-R0-1"), 0, "SeatTeleported", json!({"seat_id": "S-R0-1"})).await;
-        let malformed_at = append_raw(&store, malformed_show, format!("seat-{malformed_show}-S-R0-1"), 0, "SeatHeld", json!({"seat_id": 7})).await;
+        let unknown_at = append_raw(
+            &store,
+            unknown_show,
+            format!("seat-{unknown_show}-S-R0-1"),
+            0,
+            "SeatTeleported",
+            json!({"seat_id": "S-R0-1"}),
+        )
+        .await;
+        let malformed_at = append_raw(
+            &store,
+            malformed_show,
+            format!("seat-{malformed_show}-S-R0-1"),
+            0,
+            "SeatHeld",
+            json!({"seat_id": 7}),
+        )
+        .await;
         // A second hold of a held seat, with a correct version: only the domain can see it breaks rule 1.
         let other = ReservationId(uuid::Uuid::now_v7());
         let until = (Utc::now() + Duration::seconds(300)).to_rfc3339();
@@ -143,19 +261,39 @@ async fn a_corrupt_log_stops_the_show_and_names_the_position() {
         assert_ne!(held.reservation_id, other);
 
         let engine = engine(&store, &clock);
-        for (show, position, what) in
-            [(unknown_show, unknown_at, "unknown event type"), (malformed_show, malformed_at, "malformed"), (oversold_show, oversold_at, "does not apply")]
-        {
+        for (show, position, what) in [
+            (unknown_show, unknown_at, "unknown event type"),
+            (malformed_show, malformed_at, "malformed"),
+            (oversold_show, oversold_at, "does not apply"),
+        ] {
             let err = engine.query(show, |_| ()).await.unwrap_err();
-            let EngineError::ShowStopped(reason) = &err else { panic!("{}: expected ShowStopped, got {err:?}", backend.name) };
-            assert!(reason.contains(&format!("position {position}")), "{}: {reason}", backend.name);
+            let EngineError::ShowStopped(reason) = &err else {
+                panic!("{}: expected ShowStopped, got {err:?}", backend.name)
+            };
+            assert!(
+                reason.contains(&format!("position {position}")),
+                "{}: {reason}",
+                backend.name
+            );
             assert!(reason.contains(what), "{}: {reason}", backend.name);
             // Commands are refused too, with the same reason, and nothing is appended.
-            let err = engine.execute(show, hold(user, &["S-R1-1"], None), CommandMeta::new("t")).await.unwrap_err();
+            let err = engine
+                .execute(show, hold(user, &["S-R1-1"], None), CommandMeta::new("t"))
+                .await
+                .unwrap_err();
             assert!(matches!(err, EngineError::ShowStopped(_)), "{err:?}");
         }
         // Other shows are unaffected.
-        assert!(engine.execute(healthy_show, hold(user, &["S-R1-1"], None), CommandMeta::new("t")).await.is_ok());
+        assert!(
+            engine
+                .execute(
+                    healthy_show,
+                    hold(user, &["S-R1-1"], None),
+                    CommandMeta::new("t")
+                )
+                .await
+                .is_ok()
+        );
         engine.shutdown().await;
     }
 }

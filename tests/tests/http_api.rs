@@ -2,52 +2,9 @@
 //! (both backends), and a client creates a show, reads it and its seat map, holds seats
 //! in all three ways, reads and cancels the reservation, and gets problem+json errors.
 
-use boxoffice_api::{Application, Config};
 use boxoffice_tests::backends;
+use boxoffice_tests::http::Server;
 use serde_json::{Value, json};
-
-struct Server {
-    base: String,
-    token: String,
-    client: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Server {
-    async fn start(url: &str) -> Server {
-        let dir =
-            std::env::temp_dir().join(format!("boxoffice-http-{}", uuid::Uuid::new_v4().simple()));
-        let app = Application::build(Config::for_tests(url.to_string(), dir))
-            .await
-            .expect("server builds");
-        let base = format!("http://{}", app.local_addr());
-        let token = app.dev_token().to_string();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until(async move {
-            let _ = stopped.await;
-        }));
-        Server {
-            base,
-            token,
-            client: reqwest::Client::new(),
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    fn req(&self, method: reqwest::Method, path: &str, user: &str) -> reqwest::RequestBuilder {
-        self.client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .header("x-dev-user", user)
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
 
 fn user() -> String {
     format!("usr_{}", uuid::Uuid::now_v7().simple())
