@@ -213,7 +213,7 @@ async fn create_show(
     let command = Command::Show(ShowCommand::Schedule {
         show_id,
         organizer_id: caller.user_id,
-        definition,
+        definition: definition.into(),
     });
     let outcome = app
         .engine

@@ -205,7 +205,7 @@ async fn engine_run(
     let schedule = ShowCommand::Schedule {
         show_id: show,
         organizer_id: UserId(uuid::Uuid::now_v7()),
-        definition: definition(seats),
+        definition: definition(seats).into(),
     };
     engine
         .execute(show, Command::Show(schedule), CommandMeta::new("bench"))

@@ -900,12 +900,17 @@ impl ShowState {
     /// released while sales were closed were not offered then; without this they would go
     /// back on public sale ahead of a waiting entry they fit (rule 5).
     fn with_reopening_offers(&self, event: ShowEvent, now: DateTime<Utc>) -> Vec<DomainEvent> {
-        let event = DomainEvent::Show(event);
         let was_open = self.show.as_ref().is_some_and(|s| s.sales_open(now));
-        if was_open || self.waitlist.waiting_count() == 0 {
+        let reopens = !was_open && self.waitlist.waiting_count() > 0 && {
+            let mut show = self.show.clone();
+            Show::apply(&mut show, &event);
+            show.is_some_and(|s| s.sales_open(now))
+        };
+        let event = DomainEvent::Show(event);
+        if !reopens {
             return vec![event];
         }
-        // Rare (an organizer's change while entries wait), so a copy to ask "after" is fine.
+        // Rare (sales reopen while entries wait), so a copy to decide against is fine.
         let mut after = self.clone();
         after.apply(&event);
         let offers = after.offer_to_waitlist(&mut Pending::new(&after), now, &[]);

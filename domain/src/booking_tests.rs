@@ -111,7 +111,7 @@ fn given_show() -> Given {
     given_nothing().when_ok(Command::Show(ShowCommand::Schedule {
         show_id: show_id(),
         organizer_id: organizer(),
-        definition: definition(),
+        definition: definition().into(),
     }))
 }
 
@@ -175,7 +175,7 @@ fn scheduling_twice_or_acting_on_no_show_is_refused() {
     let again = Command::Show(ShowCommand::Schedule {
         show_id: show_id(),
         organizer_id: organizer(),
-        definition: definition(),
+        definition: definition().into(),
     });
     assert_eq!(g.when(again), Err(BookingError::ShowAlreadyExists));
     let none = given_nothing();
@@ -203,7 +203,7 @@ fn an_invalid_show_names_every_bad_field() {
     let Err(BookingError::Invalid(errors)) = g.when(Command::Show(ShowCommand::Schedule {
         show_id: show_id(),
         organizer_id: organizer(),
-        definition: d,
+        definition: d.into(),
     })) else {
         panic!("expected Invalid");
     };
@@ -231,7 +231,7 @@ fn an_invalid_show_names_every_bad_field() {
         given_nothing().when(Command::Show(ShowCommand::Schedule {
             show_id: show_id(),
             organizer_id: organizer(),
-            definition: big,
+            definition: big.into(),
         }))
     else {
         panic!("expected Invalid");
@@ -1192,7 +1192,7 @@ fn replaying_the_log_gives_the_same_state() {
         Command::Show(ShowCommand::Schedule {
             show_id: show_id(),
             organizer_id: organizer(),
-            definition: definition(),
+            definition: definition().into(),
         }),
         hold(1, 1, seats(&["101-A-1"])),
         hold(

@@ -421,7 +421,7 @@ pub enum ShowEvent {
         show_id: ShowId,
         organizer_id: UserId,
         #[serde(flatten)]
-        definition: ShowDefinition,
+        definition: Box<ShowDefinition>,
     },
     ShowRescheduled {
         starts_at: DateTime<Utc>,
@@ -470,7 +470,7 @@ pub enum ShowCommand {
     Schedule {
         show_id: ShowId,
         organizer_id: UserId,
-        definition: ShowDefinition,
+        definition: Box<ShowDefinition>,
     },
     Reschedule {
         starts_at: DateTime<Utc>,
@@ -581,7 +581,7 @@ impl Show {
                 *state = Some(Show {
                     show_id: *show_id,
                     organizer_id: *organizer_id,
-                    definition: definition.clone(),
+                    definition: (**definition).clone(),
                     cancelled: false,
                 });
             }

@@ -49,14 +49,9 @@ async fn main() -> anyhow::Result<()> {
             admin
                 .execute(format!("CREATE DATABASE {name}").as_str())
                 .await?;
-            let (server, query) = match admin_url.split_once('?') {
-                Some((server, query)) => (server, format!("?{query}")),
-                None => (admin_url.as_str(), String::new()),
-            };
-            let server = server.rsplit_once('/').map_or(server, |(server, _)| server);
             let result = run(
                 "postgres",
-                &format!("{server}/{name}{query}"),
+                &with_database(&admin_url, &name),
                 batches,
                 writers,
             )
@@ -189,5 +184,22 @@ fn event(event_type: &str, payload: serde_json::Value, correlation_id: Uuid) -> 
             causation_id: None,
             actor: "usr_bench".to_owned(),
         },
+    }
+}
+
+/// The same server URL with another database name.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let host_start = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[host_start..].find('/') {
+        Some(i) => &base[..host_start + i],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{server}/{name}?{query}"),
+        None => format!("{server}/{name}"),
     }
 }

@@ -92,9 +92,9 @@ pub(crate) fn expected_version_i64(expected: u64) -> i64 {
     i64::try_from(expected).expect("validated expected version fits in i64")
 }
 
-/// A position from the caller as a BIGINT bound; a position beyond i64::MAX cannot exist,
-/// so saturating yields the correct empty answer.
-pub(crate) fn position_bound(after: u64) -> i64 {
+/// A position or version bound from the caller as a BIGINT; nothing is stored beyond
+/// i64::MAX, so saturating yields the correct (empty) answer.
+pub(crate) fn saturating_i64(after: u64) -> i64 {
     i64::try_from(after).unwrap_or(i64::MAX)
 }
 

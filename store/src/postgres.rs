@@ -21,8 +21,8 @@ use tokio::task::JoinHandle;
 
 use crate::common::{
     advance_head, assert_contiguous, checkpoint_position, decode_metadata, decode_position,
-    decode_stored_position, decode_version, expected_version_i64, planned_events, position_bound,
-    read_limit, validate,
+    decode_stored_position, decode_version, expected_version_i64, planned_events, read_limit,
+    saturating_i64, validate,
 };
 use crate::{AppendBatch, AppendResult, EventStore, RecordedEvent, StoreError, StoreResult};
 
@@ -62,10 +62,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgre
 /// Opens the transaction and takes the append lock in one round trip. Every `nextval` of
 /// this transaction happens after the lock is granted, and the lock is released only after
 /// the commit is visible, so the next append's positions are all above this one's.
-static BEGIN_AND_LOCK_SQL: LazyLock<String> = LazyLock::new(|| {
-    let _ = APPEND_LOCK_KEY;
-    "BEGIN".to_owned()
-});
+static BEGIN_AND_LOCK_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"));
 
 /// The first stream (in the order given) that is not at its expected version E: current
 /// means no row at all for E = 0, or a row at E and none at E + 1. Run under the append
@@ -354,7 +352,7 @@ impl EventStore for PgEventStore {
             self.fetch_events(
                 sqlx::query(&sql)
                     .bind(stream_id)
-                    .bind(position_bound(after_version)),
+                    .bind(saturating_i64(after_version)),
             ),
         )
         .await
@@ -374,7 +372,7 @@ impl EventStore for PgEventStore {
         );
         let query = sqlx::query(&sql)
             .bind(partition_key)
-            .bind(position_bound(after))
+            .bind(saturating_i64(after))
             .bind(read_limit(limit));
         bounded(self.fetch_events(query)).await
     }
@@ -385,7 +383,7 @@ impl EventStore for PgEventStore {
         }
         let sql = format!("{SELECT_EVENT_COLUMNS} WHERE position > $1 ORDER BY position LIMIT $2");
         let query = sqlx::query(&sql)
-            .bind(position_bound(after))
+            .bind(saturating_i64(after))
             .bind(read_limit(limit));
         bounded(self.fetch_events(query)).await
     }

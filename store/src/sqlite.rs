@@ -29,8 +29,8 @@ use tokio::task::JoinHandle;
 
 use crate::common::{
     advance_head, assert_contiguous, checkpoint_position, decode_metadata, decode_position,
-    decode_stored_position, decode_version, expected_version_i64, planned_events, position_bound,
-    read_limit, validate,
+    decode_stored_position, decode_version, expected_version_i64, planned_events, read_limit,
+    saturating_i64, validate,
 };
 use crate::{
     AppendBatch, AppendResult, EventMetadata, EventStore, RecordedEvent, StoreError, StoreResult,
@@ -110,8 +110,9 @@ struct JsonEvent<'a> {
     m: &'a EventMetadata,
 }
 
-/// The single writer connection, and whether a transaction was left open on it (by a
-/// panic between BEGIN and COMMIT), so that the next append can roll it back first.
+/// The single writer connection, and whether a transaction may be open on it: set before
+/// BEGIN and cleared after COMMIT or ROLLBACK, so an append that failed or panicked in
+/// between leaves a mark, and the next use of the writer rolls back first.
 struct Writer {
     conn: SqliteConnection,
     in_transaction: bool,
@@ -228,18 +229,20 @@ impl EventStore for SqliteEventStore {
         let writer = Arc::clone(&self.writer).lock_owned().await;
         // The append runs in a task of its own so that a caller giving up (a dropped
         // future) cannot stop it between BEGIN and COMMIT with the writer mid-transaction.
-        let task = tokio::spawn(append_on_writer(writer, batch, encoded));
-        let result = match task.await {
-            Ok(result) => result?,
+        // It also advances the head itself, so readers wake even if the caller is gone.
+        let head = Arc::clone(&self.head);
+        let task = tokio::spawn(async move {
+            let result = append_on_writer(writer, batch, encoded).await?;
+            advance_head(&head, result.last_position);
+            Ok(result)
+        });
+        match task.await {
+            Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => {
-                return Err(StoreError::Unavailable(format!(
-                    "SQLite append task ended: {e}"
-                )));
-            }
-        };
-        advance_head(&self.head, result.last_position);
-        Ok(result)
+            Err(e) => Err(StoreError::Unavailable(format!(
+                "SQLite append task ended: {e}"
+            ))),
+        }
     }
 
     async fn read_stream(
@@ -253,7 +256,7 @@ impl EventStore for SqliteEventStore {
         self.fetch_events(
             sqlx::query(&sql)
                 .bind(stream_id)
-                .bind(position_bound(after_version)),
+                .bind(saturating_i64(after_version)),
         )
         .await
     }
@@ -273,7 +276,7 @@ impl EventStore for SqliteEventStore {
         self.fetch_events(
             sqlx::query(&sql)
                 .bind(partition_key)
-                .bind(position_bound(after))
+                .bind(saturating_i64(after))
                 .bind(read_limit(limit)),
         )
         .await
@@ -286,7 +289,7 @@ impl EventStore for SqliteEventStore {
         let sql = format!("{SELECT_EVENT_COLUMNS} WHERE position > ?1 ORDER BY position LIMIT ?2");
         self.fetch_events(
             sqlx::query(&sql)
-                .bind(position_bound(after))
+                .bind(saturating_i64(after))
                 .bind(read_limit(limit)),
         )
         .await
@@ -321,7 +324,7 @@ impl EventStore for SqliteEventStore {
         // Checkpoints are writes, so they go through the one writer connection too.
         let mut writer = self.writer.lock().await;
         let writer = &mut *writer;
-        rollback_abandoned(writer).await?;
+        rollback_abandoned(writer).await;
         sqlx::query(
             "INSERT INTO checkpoints (consumer, position, updated_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (consumer) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
@@ -411,23 +414,25 @@ async fn append_on_writer(
     encoded: EncodedBatch,
 ) -> StoreResult<AppendResult> {
     let writer = &mut *writer;
-    rollback_abandoned(writer).await?;
+    rollback_abandoned(writer).await;
+    // Marked before BEGIN, so that whatever happens from here on (an error, a panic, a
+    // BEGIN that failed half-way) the next use of the writer starts with a rollback.
+    writer.in_transaction = true;
     sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut writer.conn)
         .await
         .map_err(unavailable)?;
-    writer.in_transaction = true;
     match insert_batch(&mut writer.conn, &batch, &encoded).await {
         Ok(result) => {
             if let Err(e) = sqlx::query("COMMIT").execute(&mut writer.conn).await {
-                rollback_abandoned(writer).await?;
+                rollback_abandoned(writer).await;
                 return Err(unavailable(e));
             }
             writer.in_transaction = false;
             Ok(result)
         }
         Err(e) => {
-            rollback_abandoned(writer).await?;
+            rollback_abandoned(writer).await;
             Err(e)
         }
     }
@@ -521,16 +526,17 @@ async fn insert_batch(
     })
 }
 
-/// Rolls back a transaction left open on the writer, by an error or a panic mid-append.
-async fn rollback_abandoned(writer: &mut Writer) -> StoreResult<()> {
+/// Rolls back a transaction that may be left open on the writer by an error, a failed
+/// COMMIT or a panic mid-append. The ROLLBACK may fail harmlessly ("no transaction is
+/// active" when SQLite already rolled back on its own); if it failed for real, the next
+/// BEGIN fails, marks the writer again, and the next append retries the rollback.
+async fn rollback_abandoned(writer: &mut Writer) {
     if writer.in_transaction {
-        sqlx::query("ROLLBACK")
-            .execute(&mut writer.conn)
-            .await
-            .map_err(unavailable)?;
+        if let Err(error) = sqlx::query("ROLLBACK").execute(&mut writer.conn).await {
+            tracing::debug!(%error, "SQLite rollback of an abandoned append failed");
+        }
         writer.in_transaction = false;
     }
-    Ok(())
 }
 
 /// Moves committed WAL frames into the database file once a second while appends come in.

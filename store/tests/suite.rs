@@ -103,10 +103,16 @@ impl TestDb {
                 let mut admin = sqlx::PgConnection::connect(&admin_url)
                     .await
                     .expect("connect to DATABASE_URL");
-                admin
-                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                    .await
-                    .expect("drop test database");
+                // FORCE ends open connections, but a pool that reconnects in the same
+                // moment makes the drop fail; a few bounded attempts get past that.
+                let drop_sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                for attempt in 1..=5 {
+                    match admin.execute(drop_sql.as_str()).await {
+                        Ok(_) => break,
+                        Err(e) if attempt == 5 => panic!("drop test database {name}: {e}"),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
                 let _ = admin.close().await;
             }
         }
@@ -722,11 +728,14 @@ async fn concurrent_appends_tailer_sees_every_event_once(store: Arc<dyn EventSto
     const SHARED_STREAMS: usize = 3;
     const CONFLICT_RETRIES_MAX: usize = 10_000;
 
+    // Tasks live in JoinSets, which abort them when dropped: if an assertion fails, the
+    // tailer and the other writers stop instead of running on against a dropped database.
     let writers_done = Arc::new(AtomicBool::new(false));
-    let tailer = {
+    let mut tailer = tokio::task::JoinSet::new();
+    {
         let store = Arc::clone(&store);
         let writers_done = Arc::clone(&writers_done);
-        tokio::spawn(async move {
+        tailer.spawn(async move {
             let mut checkpoint = 0u64;
             let mut seen = Vec::new();
             let mut reads = 0usize;
@@ -756,13 +765,13 @@ async fn concurrent_appends_tailer_sees_every_event_once(store: Arc<dyn EventSto
                 }
             }
             (seen, reads)
-        })
-    };
+        });
+    }
 
-    let mut tasks = Vec::new();
+    let mut writers = tokio::task::JoinSet::new();
     for writer in 0..WRITERS {
         let store = Arc::clone(&store);
-        tasks.push(tokio::spawn(async move {
+        writers.spawn(async move {
             // A small deterministic generator, so a failure can be replayed.
             let mut rng =
                 0x9E37_79B9_7F4A_7C15u64 ^ (writer as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -823,19 +832,23 @@ async fn concurrent_appends_tailer_sees_every_event_once(store: Arc<dyn EventSto
                 }
             }
             (committed, conflicts)
-        }));
+        });
     }
     let mut committed = BTreeSet::new();
     let mut conflicts = 0;
-    for task in tasks {
-        let (results, task_conflicts) = task.await.expect("writer task");
+    while let Some(task) = writers.join_next().await {
+        let (results, task_conflicts) = task.expect("writer task");
         conflicts += task_conflicts;
         for result in results {
             committed.extend(result.first_position..=result.last_position);
         }
     }
     writers_done.store(true, Ordering::SeqCst);
-    let (seen, reads) = tailer.await.expect("tailer task");
+    let (seen, reads) = tailer
+        .join_next()
+        .await
+        .expect("one tailer")
+        .expect("tailer task");
 
     let seen_positions: Vec<u64> = seen.iter().map(|(p, _, _)| *p).collect();
     let seen_set: BTreeSet<u64> = seen_positions.iter().copied().collect();

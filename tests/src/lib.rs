@@ -223,13 +223,11 @@ pub fn check_log(show: ShowId, log: &[RecordedEvent]) -> Result<(LogReport, Show
                 seat_id,
                 reservation_id,
                 ..
-            }) => {
-                if seat_holder.get(seat_id) != Some(reservation_id) {
-                    return Err(format!(
-                        "seat {seat_id} sold to {reservation_id}, which did not hold it (position {})",
-                        r.position
-                    ));
-                }
+            }) if seat_holder.get(seat_id) != Some(reservation_id) => {
+                return Err(format!(
+                    "seat {seat_id} sold to {reservation_id}, which did not hold it (position {})",
+                    r.position
+                ));
             }
             DomainEvent::Pool(PoolEvent::PoolSeatsHeld {
                 section, quantity, ..

@@ -48,7 +48,7 @@ async fn hammer_never_sells_a_seat_twice_and_state_equals_replay() {
                 Command::Show(ShowCommand::Schedule {
                     show_id: show,
                     organizer_id: UserId(uuid::Uuid::now_v7()),
-                    definition,
+                    definition: definition.into(),
                 }),
                 CommandMeta::new("test"),
             )

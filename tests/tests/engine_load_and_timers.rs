@@ -37,7 +37,7 @@ async fn schedule(engine: &Engine, ttl: u32) -> ShowId {
     let command = ShowCommand::Schedule {
         show_id: show,
         organizer_id: UserId(uuid::Uuid::now_v7()),
-        definition,
+        definition: definition.into(),
     };
     engine
         .execute(show, Command::Show(command), CommandMeta::new("test"))

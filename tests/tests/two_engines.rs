@@ -48,7 +48,7 @@ async fn two_engines_never_sell_a_seat_twice() {
                 Command::Show(ShowCommand::Schedule {
                     show_id: show,
                     organizer_id: UserId(uuid::Uuid::now_v7()),
-                    definition,
+                    definition: definition.into(),
                 }),
                 CommandMeta::new("test"),
             )
