@@ -52,6 +52,9 @@ pub(crate) struct Actor {
     /// Whether `state` is known to equal the store. False after a failed append, whose
     /// events were applied in memory but may or may not have been committed.
     loaded: bool,
+    /// Whether sales were open at the last batch; when they open by the clock (or after
+    /// a load) waiting entries get what is on sale first.
+    sales_were_open: bool,
 }
 
 /// Why a show could not be loaded.
@@ -71,6 +74,7 @@ impl Actor {
             versions: HashMap::new(),
             position: 0,
             loaded: false,
+            sales_were_open: false,
         }
     }
 
@@ -117,10 +121,18 @@ impl Actor {
 
     /// How long until the earliest hold is due (bounded, to notice clock jumps).
     fn next_timer(&self) -> Option<StdDuration> {
-        let at = self.state.next_hold_deadline().filter(|_| self.loaded)?;
-        let wait = (at - self.shared.clock.now())
-            .to_std()
-            .unwrap_or(StdDuration::ZERO);
+        if !self.loaded {
+            return None;
+        }
+        let now = self.shared.clock.now();
+        let at = match (
+            self.state.next_hold_deadline(),
+            self.state.next_sales_opening(now),
+        ) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        let wait = (at - now).to_std().unwrap_or(StdDuration::ZERO);
         // A small slack so the clock has surely passed the deadline when we wake.
         Some(
             wait.min(StdDuration::from_millis(
@@ -226,6 +238,7 @@ impl Actor {
         self.versions = versions;
         self.position = position;
         self.loaded = true;
+        self.sales_were_open = false;
         Ok(())
     }
 
@@ -317,6 +330,7 @@ impl Actor {
                 metas.push(p.meta.clone());
             }
             let expired = self.decide_expiries(now, &mut events, &mut metas);
+            self.decide_sales_opening(now, &mut events, &mut metas);
 
             if events.is_empty() {
                 self.answer(pending, decided, self.position);
@@ -379,6 +393,39 @@ impl Actor {
                     });
                 }
             }
+        }
+    }
+
+    /// When sales have just opened (by the clock, or this is the first batch after a
+    /// load), offers what is on sale to waiting entries first (rule 5).
+    fn decide_sales_opening(
+        &mut self,
+        now: chrono::DateTime<chrono::Utc>,
+        events: &mut Vec<(DomainEvent, usize)>,
+        metas: &mut Vec<CommandMeta>,
+    ) {
+        let open = self.state.show.as_ref().is_some_and(|s| s.sales_open(now));
+        let opened = open && !self.sales_were_open;
+        self.sales_were_open = open;
+        if !opened || self.state.waitlist.waiting_count() == 0 {
+            return;
+        }
+        let decided = self
+            .state
+            .decide(Command::OfferToWaitlist, now)
+            .expect("the show exists");
+        if decided.is_empty() {
+            return;
+        }
+        let meta_index = metas.len();
+        metas.push(CommandMeta {
+            correlation_id: Uuid::now_v7(),
+            causation_id: None,
+            actor: "system:waitlist".into(),
+        });
+        for e in decided {
+            self.state.apply(&e);
+            events.push((e, meta_index));
         }
     }
 
@@ -506,6 +553,7 @@ fn target_reservation(state: &ShowState, command: &Command) -> Option<Reservatio
         | Command::BlockSeats { .. }
         | Command::UnblockSeats { .. }
         | Command::JoinWaitlist { .. }
-        | Command::LeaveWaitlist { .. } => None,
+        | Command::LeaveWaitlist { .. }
+        | Command::OfferToWaitlist => None,
     }
 }

@@ -101,6 +101,10 @@ pub enum Command {
     LeaveWaitlist {
         entry_id: EntryId,
     },
+    /// Offers whatever is on sale to waiting entries that fit. The engine sends it when
+    /// sales open by the clock (`sales_open_at` passing) and after a load, since seats
+    /// freed while sales were closed were not offered then (rule 5).
+    OfferToWaitlist,
 }
 
 /// Every way a command can be refused. Closed, so a test can assert the exact rejection.
@@ -377,6 +381,14 @@ impl ShowState {
             .map(|s| s.status(now, self.anything_available()))
     }
 
+    /// When sales open by the clock with entries waiting: the moment the engine must
+    /// send [`Command::OfferToWaitlist`].
+    pub fn next_sales_opening(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let show = self.show.as_ref()?;
+        let open_at = show.definition.sales_open_at?;
+        (open_at > now && !show.cancelled && self.waitlist.waiting_count() > 0).then_some(open_at)
+    }
+
     /// The earliest expiry among held reservations.
     pub fn next_hold_deadline(&self) -> Option<DateTime<Utc>> {
         self.hold_deadlines.first().map(|(at, _)| *at)
@@ -515,6 +527,10 @@ impl ShowState {
                 section,
             } => self.decide_join(entry_id, user_id, quantity, section, now),
             Command::LeaveWaitlist { entry_id } => self.decide_leave(entry_id, now),
+            Command::OfferToWaitlist => {
+                self.show_or_err()?;
+                Ok(self.offer_to_waitlist(&mut Pending::new(self), now, &[]))
+            }
         }
     }
 

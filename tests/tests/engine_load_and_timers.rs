@@ -297,3 +297,94 @@ async fn a_corrupt_log_stops_the_show_and_names_the_position() {
         engine.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seats_freed_while_sales_are_closed_go_to_the_waitlist_when_sales_open_by_the_clock() {
+    for backend in backends().await {
+        let store = open(&backend.url).await;
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let engine = engine(&store, &clock);
+        let show = ShowId(uuid::Uuid::now_v7());
+        let definition = show_definition(1, 2, 0, Limits::default());
+        let command = ShowCommand::Schedule {
+            show_id: show,
+            organizer_id: UserId(uuid::Uuid::now_v7()),
+            definition: definition.into(),
+        };
+        engine
+            .execute(show, Command::Show(command), CommandMeta::new("t"))
+            .await
+            .unwrap();
+        let holder = UserId(uuid::Uuid::now_v7());
+        let held = engine
+            .execute(
+                show,
+                hold(holder, &["S-R0-1", "S-R0-2"], None),
+                CommandMeta::new("t"),
+            )
+            .await
+            .unwrap()
+            .reservation
+            .unwrap();
+        let waiting = UserId(uuid::Uuid::now_v7());
+        let entry = boxoffice_domain::EntryId(uuid::Uuid::now_v7());
+        let join = Command::JoinWaitlist {
+            entry_id: entry,
+            user_id: waiting,
+            quantity: 2,
+            section: None,
+        };
+        engine
+            .execute(show, join, CommandMeta::new("t"))
+            .await
+            .unwrap();
+        // Sales pause until a minute from now; meanwhile the hold is cancelled.
+        let reopen = clock.now() + Duration::seconds(60);
+        let pause = ShowCommand::ChangeSalesWindow {
+            sales_open_at: Some(reopen),
+            sales_close_at: None,
+        };
+        engine
+            .execute(show, Command::Show(pause), CommandMeta::new("t"))
+            .await
+            .unwrap();
+        let cancel = Command::Cancel {
+            reservation_id: held.reservation_id,
+            by: holder.to_string(),
+        };
+        engine
+            .execute(show, cancel, CommandMeta::new("t"))
+            .await
+            .unwrap();
+        let offered = move |s: &boxoffice_domain::ShowState| s.waitlist.entry(entry).unwrap().status;
+        assert_eq!(
+            engine.query(show, offered).await.unwrap(),
+            boxoffice_domain::waitlist::EntryStatus::Waiting
+        );
+        // Sales open by the clock: the waiting entry gets the seats before anyone else.
+        clock.advance(Duration::seconds(61));
+        engine.tick(show).await.unwrap();
+        assert_eq!(
+            engine.query(show, offered).await.unwrap(),
+            boxoffice_domain::waitlist::EntryStatus::Offered,
+            "{}",
+            backend.name
+        );
+        let other = engine
+            .execute(
+                show,
+                hold(UserId(uuid::Uuid::now_v7()), &["S-R0-1"], None),
+                CommandMeta::new("t"),
+            )
+            .await;
+        assert!(
+            other.is_err(),
+            "{}: the freed seats reached public sale before the waitlist",
+            backend.name
+        );
+        let log = partition(&store, show).await;
+        check_log(show, &log).unwrap();
+        assert!(log.iter().any(|e| e.event_type == "WaitlistOffered" && e.metadata.actor == "system:waitlist"));
+        engine.shutdown().await;
+    }
+}
