@@ -308,6 +308,7 @@ impl Actor {
                 }
             }
             let now = self.shared.clock.now();
+            let decide_started = std::time::Instant::now();
             let mut decided = Vec::with_capacity(pending.len());
             let mut events: Vec<(DomainEvent, usize)> = Vec::new();
             let mut metas: Vec<CommandMeta> = Vec::with_capacity(pending.len() + 1);
@@ -339,7 +340,10 @@ impl Actor {
             let batch = self.build_batch(&events, &metas, now);
             let appended = batch.event_count() as u64;
             let started = std::time::Instant::now();
-            match self.shared.store.append(batch).await {
+            self.shared.stats.decide_micros.fetch_add(decide_started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            let appended_result = self.shared.store.append(batch).await;
+            self.shared.stats.append_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            match appended_result {
                 Ok(result) => {
                     tracing::trace!(show = %self.show, events = appended, micros = started.elapsed().as_micros() as u64, "batch appended");
                     for (event, _) in &events {

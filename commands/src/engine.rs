@@ -103,6 +103,10 @@ pub struct EngineStats {
     pub reloads: AtomicU64,
     pub expiries: AtomicU64,
     pub append_failures: AtomicU64,
+    /// Time spent deciding batches (and encoding their events), in microseconds.
+    pub decide_micros: AtomicU64,
+    /// Time spent in the store's append, in microseconds.
+    pub append_micros: AtomicU64,
 }
 
 impl EngineStats {

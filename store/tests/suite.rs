@@ -1066,6 +1066,37 @@ async fn postgres_listener_reconnects_after_connection_loss() {
     outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
 }
 
+/// The writer never checkpoints (wal_autocheckpoint=0); the background task does. Appended
+/// pages reach the database file only through it, so the file growing proves it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_wal_is_checkpointed_in_background() {
+    let db = TestDb::sqlite();
+    let outcome = catch_failure(async {
+        let store = db.open().await;
+        let TestDb::Sqlite { url, .. } = &db else {
+            unreachable!()
+        };
+        let file = PathBuf::from(url.trim_start_matches("sqlite://"));
+        let size_before = std::fs::metadata(&file).unwrap().len();
+        let streams = (0..1000)
+            .map(|i| stream(&format!("seat-{i}"), 0, events(3)))
+            .collect();
+        store.append(batch("show-1", streams)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&file).unwrap().len() < size_before + 256 * 1024 {
+            assert!(
+                Instant::now() < deadline,
+                "the WAL was not checkpointed into {}",
+                file.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    db.cleanup().await;
+    outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
 #[tokio::test]
 async fn postgres_down_is_unavailable_quickly() {
     // Nothing listens on port 1.
