@@ -7,9 +7,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration as StdDuration;
 
 use boxoffice_domain::booking::BookingError;
+use boxoffice_domain::reservation::ReservationEvent;
 use boxoffice_domain::{Command, DomainEvent, ReservationId, ShowId, ShowState};
-use boxoffice_store::{AppendBatch, EventMetadata, NewEvent, StoreError, StreamAppend};
+use boxoffice_store::{
+    AppendBatch, AppendResult, EventMetadata, NewEvent, StoreError, StoreResult, StreamAppend,
+};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::engine::{CommandMeta, EngineError, Outcome, Shared};
@@ -31,6 +36,39 @@ struct Pending {
     command: Command,
     meta: CommandMeta,
     reply: Reply,
+}
+
+/// Commands decided and applied to the state, waiting to be appended together.
+#[derive(Default)]
+struct Prepared {
+    pending: Vec<Pending>,
+    decided: Vec<Decided>,
+    /// Events decided, with the index of the command (its metadata) that caused each.
+    events: Vec<(DomainEvent, usize)>,
+    metas: Vec<CommandMeta>,
+    /// Reservations placed by the batch, indexed once it commits.
+    placed: Vec<ReservationId>,
+    expired: u64,
+}
+
+/// A batch whose append is under way in its own task.
+struct InFlight {
+    prepared: Prepared,
+    events: u64,
+    task: JoinHandle<StoreResult<AppendResult>>,
+    started: Instant,
+}
+
+/// How an append ended.
+enum Settled {
+    /// Committed; its commands are answered.
+    Committed,
+    /// A version conflict: the state reloads and these commands are decided again.
+    Redo(Vec<Pending>),
+    /// The store failed; its commands were answered 503 and the state reloads.
+    Failed,
+    /// The show cannot go on.
+    Stop(String),
 }
 
 /// What deciding one command produced, before the append.
@@ -83,46 +121,167 @@ impl Actor {
             self.stop(reason).await;
             return;
         }
+        // Group commit, pipelined: while one batch is being appended, the commands that
+        // arrive are decided against the state it leaves and gathered into the next
+        // batch, which is appended once the first has committed (or decided again if it
+        // did not). Reads wait until nothing uncommitted is in the state.
+        let mut in_flight: Option<InFlight> = None;
+        let mut next = Prepared::default();
+        let mut reads: Vec<Read> = Vec::new();
         loop {
+            if let Some(flight) = in_flight.as_mut() {
+                let gathering =
+                    reads.is_empty() && next.pending.len() < self.shared.config.batch_commands_max;
+                tokio::select! {
+                    biased;
+                    result = &mut flight.task => {
+                        let flight = in_flight.take().expect("in flight");
+                        let after = (!next.pending.is_empty()).then(|| std::mem::take(&mut next));
+                        match self.settle(flight, result, after).await {
+                            Ok(launched) => in_flight = launched,
+                            Err(reason) => return self.stop(reason).await,
+                        }
+                        if in_flight.is_none() {
+                            for read in reads.drain(..) {
+                                self.answer_read(read);
+                            }
+                        }
+                    }
+                    message = self.mailbox.recv(), if gathering => match message {
+                        Some(first) => {
+                            let (pending, new_reads) = self.gather(first);
+                            reads.extend(new_reads);
+                            // A batch is in flight only on a loaded state (`launch` asserts it).
+                            self.decide_into(&mut next, pending);
+                        }
+                        None => {
+                            // Shutting down: finish the batch in flight (and what was
+                            // decided after it), answer everyone, then stop.
+                            let mut flight = in_flight.take().expect("in flight");
+                            let result = (&mut flight.task).await;
+                            let after = (!next.pending.is_empty()).then(|| std::mem::take(&mut next));
+                            match self.settle(flight, result, after).await {
+                                Ok(Some(mut last)) => {
+                                    let result = (&mut last.task).await;
+                                    let _ = self.settle(last, result, None).await;
+                                }
+                                Ok(None) => {}
+                                Err(reason) => tracing::error!(show = %self.show, %reason, "show actor stopped"),
+                            }
+                            for read in reads.drain(..) {
+                                self.answer_read(read);
+                            }
+                            return;
+                        }
+                    },
+                }
+                continue;
+            }
+
+            // Nothing in flight: the state is the store's (or must be reloaded).
+            debug_assert!(next.pending.is_empty() && reads.is_empty());
             let timer = self.next_timer();
             let first = tokio::select! {
                 message = self.mailbox.recv() => match message {
                     Some(m) => Some(m),
-                    None => break,
+                    None => return,
                 },
                 () = sleep_or_forever(timer) => None,
             };
-            let mut messages: Vec<Message> = first.into_iter().collect();
-            while messages.len() < self.shared.config.batch_commands_max {
-                match self.mailbox.try_recv() {
-                    Ok(m) => messages.push(m),
-                    Err(_) => break,
+            let (pending, new_reads) = match first {
+                Some(first) => self.gather(first),
+                None => (Vec::new(), Vec::new()),
+            };
+            if self.loaded && new_reads.is_empty() {
+                let mut batch = Prepared::default();
+                self.decide_into(&mut batch, pending);
+                in_flight = self.launch(batch);
+            } else {
+                // Reads, or a state that must reload first: no pipelining.
+                if let Err(reason) = self.commit(pending).await {
+                    return self.stop(reason).await;
+                }
+                for read in new_reads {
+                    self.answer_read(read);
                 }
             }
-            if let Err(reason) = self.process(messages).await {
-                self.stop(reason).await;
-                return;
-            }
-            if self.loaded && self.state.show.is_none() {
+            if in_flight.is_none() && self.loaded && self.state.show.is_none() {
                 // No such show: stop rather than keep an actor per unknown id. Anything
                 // that arrived meanwhile (a ShowScheduled, say) is still decided.
                 self.mailbox.close();
                 let mut rest = Vec::new();
+                let mut late_reads = Vec::new();
                 while let Some(m) = self.mailbox.recv().await {
-                    rest.push(m);
+                    match m {
+                        Message::Command {
+                            command,
+                            meta,
+                            reply,
+                        } => rest.push(Pending {
+                            command,
+                            meta,
+                            reply,
+                        }),
+                        Message::Query(read) => late_reads.push(read),
+                    }
                 }
-                if let Err(reason) = self.process(rest).await {
+                if let Err(reason) = self.commit(rest).await {
                     tracing::error!(show = %self.show, %reason, "show actor stopped");
+                }
+                for read in late_reads {
+                    self.answer_read(read);
                 }
                 return;
             }
         }
     }
 
+    /// Takes `first` and whatever else is waiting, up to the batch bound.
+    fn gather(&mut self, first: Message) -> (Vec<Pending>, Vec<Read>) {
+        let mut pending = Vec::new();
+        let mut reads = Vec::new();
+        let mut message = Some(first);
+        while let Some(m) = message {
+            match m {
+                Message::Command {
+                    command,
+                    meta,
+                    reply,
+                } => pending.push(Pending {
+                    command,
+                    meta,
+                    reply,
+                }),
+                Message::Query(read) => reads.push(read),
+            }
+            message = if pending.len() < self.shared.config.batch_commands_max {
+                self.mailbox.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        (pending, reads)
+    }
+
+    /// Answers a read with the committed state, or why there is none.
+    fn answer_read(&self, read: Read) {
+        if self.loaded {
+            read(Ok(&self.state));
+        } else {
+            read(Err(EngineError::Unavailable(
+                "the show's state could not be loaded from the store".into(),
+            )));
+        }
+    }
+
     /// How long until the earliest hold is due (bounded, to notice clock jumps).
     fn next_timer(&self) -> Option<StdDuration> {
         if !self.loaded {
-            return None;
+            // The store failed: try to reload soon, so timers keep firing (rule 4) even
+            // when no command arrives to trigger it.
+            return Some(StdDuration::from_millis(
+                self.shared.config.timer_sleep_ms_max,
+            ));
         }
         let now = self.shared.clock.now();
         let at = match (
@@ -252,149 +411,240 @@ impl Actor {
         }
     }
 
-    /// Decides, appends and answers one batch. Errors only when the show must stop.
-    async fn process(&mut self, messages: Vec<Message>) -> Result<(), String> {
-        let mut pending = Vec::new();
-        let mut reads = Vec::new();
-        for message in messages {
-            match message {
-                Message::Command {
-                    command,
-                    meta,
-                    reply,
-                } => pending.push(Pending {
-                    command,
-                    meta,
-                    reply,
-                }),
-                Message::Query(read) => reads.push(read),
-            }
+    /// Decides `pending` against the state the commands before them left (including
+    /// a batch still being appended) and applies their events; they join `next`.
+    fn decide_into(&mut self, next: &mut Prepared, pending: Vec<Pending>) {
+        assert!(
+            self.loaded,
+            "deciding on a state that may differ from the store"
+        );
+        let now = self.shared.clock.now();
+        let started = Instant::now();
+        for p in pending {
+            let target = target_reservation(&self.state, &p.command);
+            let result = self
+                .state
+                .decide(p.command.clone(), now)
+                .map(|decided_events| {
+                    let n = decided_events.len();
+                    for e in decided_events {
+                        self.state.apply(&e);
+                        next.events.push((e, next.metas.len()));
+                    }
+                    (n, target)
+                });
+            let view = match &result {
+                Ok((_, Some(id))) => self.state.reservation(*id).cloned(),
+                _ => None,
+            };
+            next.decided.push(Decided { result, view });
+            next.metas.push(p.meta.clone());
+            next.pending.push(p);
         }
-        let result = self.commit(&mut pending).await;
+        self.shared
+            .stats
+            .decide_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Adds what the clock decides (expiries, sales opening), then starts the batch's
+    /// append in its own task, or answers at once if it wrote nothing. Only called when
+    /// nothing else is in flight, so the batch's expected versions are the store's.
+    fn launch(&mut self, mut next: Prepared) -> Option<InFlight> {
+        assert!(
+            self.loaded,
+            "launching on a state that may differ from the store"
+        );
+        let now = self.shared.clock.now();
+        let started = Instant::now();
+        next.expired = self.decide_expiries(now, &mut next.events, &mut next.metas);
+        self.decide_sales_opening(now, &mut next.events, &mut next.metas);
+        if next.events.is_empty() {
+            self.answer(
+                &mut next.pending,
+                std::mem::take(&mut next.decided),
+                self.position,
+            );
+            return None;
+        }
+        let batch = self.build_batch(&next.events, &next.metas, now);
+        // Commands decided while this batch appends must expect the versions it leaves.
+        // If it fails, a reload resets them.
+        for stream in &batch.streams {
+            self.versions.insert(
+                stream.stream_id.clone(),
+                stream.expected_version + stream.events.len() as u64,
+            );
+        }
+        next.placed = next
+            .events
+            .iter()
+            .filter_map(|(e, _)| match e {
+                DomainEvent::Reservation(ReservationEvent::ReservationPlaced {
+                    reservation_id,
+                    ..
+                }) => Some(*reservation_id),
+                _ => None,
+            })
+            .collect();
+        next.events = Vec::new();
+        next.metas = Vec::new();
+        self.shared
+            .stats
+            .decide_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let events = batch.event_count() as u64;
+        let store = Arc::clone(&self.shared.store);
+        let task = tokio::spawn(async move { store.append(batch).await });
+        Some(InFlight {
+            prepared: next,
+            events,
+            task,
+            started: Instant::now(),
+        })
+    }
+
+    /// Takes the result of an append: answers its commands, or says what to do instead.
+    fn finalize(
+        &mut self,
+        flight: InFlight,
+        result: Result<StoreResult<AppendResult>, tokio::task::JoinError>,
+    ) -> Settled {
+        let InFlight {
+            mut prepared,
+            events,
+            started,
+            ..
+        } = flight;
+        self.shared
+            .stats
+            .append_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let result = result
+            .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("append task failed: {e}"))));
         match result {
-            Ok(()) => {
-                for read in reads {
-                    read(Ok(&self.state));
-                }
-                Ok(())
+            Ok(result) => {
+                self.index_reservations(&prepared.placed);
+                assert!(result.last_position >= self.position, "positions only grow");
+                self.position = result.last_position;
+                let stats = &self.shared.stats;
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .commands
+                    .fetch_add(prepared.pending.len() as u64, Ordering::Relaxed);
+                stats.events_appended.fetch_add(events, Ordering::Relaxed);
+                stats
+                    .expiries
+                    .fetch_add(prepared.expired, Ordering::Relaxed);
+                self.answer(
+                    &mut prepared.pending,
+                    prepared.decided,
+                    result.last_position,
+                );
+                Settled::Committed
             }
-            Err(error) => {
-                let stop = match &error {
-                    EngineError::ShowStopped(reason) => Some(reason.clone()),
-                    _ => None,
+            Err(StoreError::Conflict { stream_id }) => {
+                // Another writer changed one of our streams: our state is stale.
+                self.shared.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(show = %self.show, stream_id, "version conflict; reloading");
+                self.loaded = false;
+                Settled::Redo(prepared.pending)
+            }
+            Err(e) => {
+                // The events may or may not be in the store; only a reload can tell.
+                self.shared
+                    .stats
+                    .append_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(show = %self.show, error = %e, "append failed");
+                self.loaded = false;
+                let error = match e {
+                    StoreError::InvalidAppend(reason) => EngineError::ShowStopped(format!(
+                        "engine built an invalid append: {reason}"
+                    )),
+                    other => EngineError::Unavailable(other.to_string()),
                 };
-                for p in pending {
+                for p in prepared.pending.drain(..) {
                     let _ = p.reply.send(Err(error.clone()));
                 }
-                for read in reads {
-                    read(Err(error.clone()));
+                match error {
+                    EngineError::ShowStopped(reason) => Settled::Stop(reason),
+                    _ => Settled::Failed,
                 }
-                stop.map_or(Ok(()), Err)
             }
         }
     }
 
-    /// Decides every pending command (and due expiries) and appends their events in one
-    /// append, retrying after conflicts. Answers the commands it settles; on `Err` the
-    /// caller answers the rest with the error.
-    async fn commit(&mut self, pending: &mut Vec<Pending>) -> Result<(), EngineError> {
+    /// Settles the batch that was in flight with its append's `result`. Commands
+    /// decided on top of it (`after`) are launched if it committed, and decided again
+    /// (with its own commands, after a reload) if it did not. Errs only when the show
+    /// must stop.
+    async fn settle(
+        &mut self,
+        flight: InFlight,
+        result: Result<StoreResult<AppendResult>, tokio::task::JoinError>,
+        after: Option<Prepared>,
+    ) -> Result<Option<InFlight>, String> {
+        match self.finalize(flight, result) {
+            Settled::Committed => Ok(after.and_then(|p| self.launch(p))),
+            Settled::Redo(mut redo) => {
+                redo.extend(after.map(|p| p.pending).unwrap_or_default());
+                self.commit(redo).await.map(|()| None)
+            }
+            Settled::Failed => {
+                // Anything decided on top of the failed batch is decided again, after a reload.
+                let redo = after.map(|p| p.pending).unwrap_or_default();
+                self.commit(redo).await.map(|()| None)
+            }
+            Settled::Stop(reason) => {
+                for p in after.map(|p| p.pending).unwrap_or_default() {
+                    let _ = p.reply.send(Err(EngineError::ShowStopped(reason.clone())));
+                }
+                Err(reason)
+            }
+        }
+    }
+
+    /// Decides and appends `pending` without pipelining, reloading first if the state
+    /// may be stale and retrying after conflicts; answers every command. Errs only when
+    /// the show must stop.
+    async fn commit(&mut self, mut pending: Vec<Pending>) -> Result<(), String> {
         let mut conflicts = 0;
         loop {
             if !self.loaded {
-                match self.reload().await {
-                    Ok(()) => {}
-                    Err(LoadError::Unavailable(e)) => return Err(EngineError::Unavailable(e)),
-                    Err(LoadError::Corrupt(e)) => return Err(EngineError::ShowStopped(e)),
-                }
-            }
-            let now = self.shared.clock.now();
-            let decide_started = std::time::Instant::now();
-            let mut decided = Vec::with_capacity(pending.len());
-            let mut events: Vec<(DomainEvent, usize)> = Vec::new();
-            let mut metas: Vec<CommandMeta> = Vec::with_capacity(pending.len() + 1);
-            for p in pending.iter() {
-                let target = target_reservation(&self.state, &p.command);
-                let result = self.state.decide(p.command.clone(), now);
-                let result = result.map(|decided_events| {
-                    let n = decided_events.len();
-                    for e in decided_events {
-                        self.state.apply(&e);
-                        events.push((e, metas.len()));
-                    }
-                    (n, target)
-                });
-                let view = match &result {
-                    Ok((_, Some(id))) => self.state.reservation(*id).cloned(),
-                    _ => None,
+                let error = match self.reload().await {
+                    Ok(()) => None,
+                    Err(LoadError::Unavailable(e)) => Some(EngineError::Unavailable(e)),
+                    Err(LoadError::Corrupt(e)) => Some(EngineError::ShowStopped(e)),
                 };
-                decided.push(Decided { result, view });
-                metas.push(p.meta.clone());
-            }
-            let expired = self.decide_expiries(now, &mut events, &mut metas);
-            self.decide_sales_opening(now, &mut events, &mut metas);
-
-            if events.is_empty() {
-                self.answer(pending, decided, self.position);
-                return Ok(());
-            }
-            let batch = self.build_batch(&events, &metas, now);
-            let appended = batch.event_count() as u64;
-            let started = std::time::Instant::now();
-            self.shared.stats.decide_micros.fetch_add(decide_started.elapsed().as_micros() as u64, Ordering::Relaxed);
-            let appended_result = self.shared.store.append(batch).await;
-            self.shared.stats.append_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-            match appended_result {
-                Ok(result) => {
-                    tracing::trace!(show = %self.show, events = appended, micros = started.elapsed().as_micros() as u64, "batch appended");
-                    for (event, _) in &events {
-                        *self.versions.entry(event.stream_id(self.show)).or_default() += 1;
+                if let Some(error) = error {
+                    for p in pending {
+                        let _ = p.reply.send(Err(error.clone()));
                     }
-                    let placed: Vec<ReservationId> = events
-                        .iter()
-                        .filter_map(|(e, _)| match e {
-                            DomainEvent::Reservation(boxoffice_domain::reservation::ReservationEvent::ReservationPlaced { reservation_id, .. }) => {
-                                Some(*reservation_id)
-                            }
-                            _ => None,
-                        })
-                        .collect();
-                    self.index_reservations(&placed);
-                    assert!(result.last_position >= self.position, "positions only grow");
-                    self.position = result.last_position;
-                    let stats = &self.shared.stats;
-                    stats.batches.fetch_add(1, Ordering::Relaxed);
-                    stats
-                        .commands
-                        .fetch_add(pending.len() as u64, Ordering::Relaxed);
-                    stats.events_appended.fetch_add(appended, Ordering::Relaxed);
-                    stats.expiries.fetch_add(expired, Ordering::Relaxed);
-                    self.answer(pending, decided, result.last_position);
-                    return Ok(());
+                    return match error {
+                        EngineError::ShowStopped(reason) => Err(reason),
+                        _ => Ok(()),
+                    };
                 }
-                Err(StoreError::Conflict { stream_id }) => {
-                    // Another writer changed one of our streams: our state is stale.
-                    self.shared.stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(show = %self.show, stream_id, "version conflict; reloading");
-                    self.loaded = false;
+            }
+            let mut batch = Prepared::default();
+            self.decide_into(&mut batch, pending);
+            let Some(mut flight) = self.launch(batch) else {
+                return Ok(());
+            };
+            let result = (&mut flight.task).await;
+            match self.finalize(flight, result) {
+                Settled::Committed | Settled::Failed => return Ok(()),
+                Settled::Stop(reason) => return Err(reason),
+                Settled::Redo(redo) => {
                     conflicts += 1;
                     if conflicts > self.shared.config.conflict_retries_max {
-                        return Err(EngineError::Conflict);
+                        for p in redo {
+                            let _ = p.reply.send(Err(EngineError::Conflict));
+                        }
+                        return Ok(());
                     }
-                }
-                Err(e) => {
-                    // The events may or may not be in the store; only a reload can tell.
-                    self.shared
-                        .stats
-                        .append_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(show = %self.show, error = %e, "append failed");
-                    self.loaded = false;
-                    return Err(match e {
-                        StoreError::InvalidAppend(reason) => EngineError::ShowStopped(format!(
-                            "engine built an invalid append: {reason}"
-                        )),
-                        other => EngineError::Unavailable(other.to_string()),
-                    });
+                    pending = redo;
                 }
             }
         }

@@ -356,7 +356,8 @@ async fn seats_freed_while_sales_are_closed_go_to_the_waitlist_when_sales_open_b
             .execute(show, cancel, CommandMeta::new("t"))
             .await
             .unwrap();
-        let offered = move |s: &boxoffice_domain::ShowState| s.waitlist.entry(entry).unwrap().status;
+        let offered =
+            move |s: &boxoffice_domain::ShowState| s.waitlist.entry(entry).unwrap().status;
         assert_eq!(
             engine.query(show, offered).await.unwrap(),
             boxoffice_domain::waitlist::EntryStatus::Waiting
