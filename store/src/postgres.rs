@@ -85,6 +85,19 @@ LIMIT 1";
 /// NOTIFY of the batch. It returns what the caller asserts before committing: the position
 /// range, the row count, and the positions of the batch's first and last event (which must
 /// be the ends of the range, so the range is this batch's, in the order given).
+/// The check made before the insert, over the streams the writer believes exist
+/// (expected version E > 0): the row at E must exist, or the stream is behind what the
+/// writer believes. Everything else a stale expected version can mean (a row at E + 1, or
+/// any row for a stream expected to be new) makes the insert itself fail on
+/// `events_stream_version_key`, which is mapped to the same conflict. One index probe per
+/// existing stream, none for new ones.
+const BEHIND_STREAM_SQL: &str = "\
+SELECT s.stream_id
+FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS s(stream_id, expected, ord)
+WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = s.stream_id AND e.version = s.expected)
+ORDER BY s.ord
+LIMIT 1";
+
 const INSERT_SQL: &str = "\
 WITH inserted AS (
     INSERT INTO events (partition_key, stream_id, version, event_type, schema_version, payload, metadata, recorded_at)
@@ -172,9 +185,15 @@ impl PgEventStore {
     async fn append_locked(&self, batch: &AppendBatch) -> StoreResult<AppendResult> {
         let mut stream_ids = Vec::with_capacity(batch.streams.len());
         let mut expected = Vec::with_capacity(batch.streams.len());
+        let mut existing_ids = Vec::new();
+        let mut existing_expected = Vec::new();
         for stream in &batch.streams {
             stream_ids.push(stream.stream_id.as_str());
             expected.push(expected_version_i64(stream.expected_version));
+            if stream.expected_version > 0 {
+                existing_ids.push(stream.stream_id.as_str());
+                existing_expected.push(expected_version_i64(stream.expected_version));
+            }
         }
         let event_count = batch.event_count();
         let mut columns = EventColumns::with_capacity(event_count);
@@ -188,9 +207,11 @@ impl PgEventStore {
         );
         // Binding encodes the parameters, so both statements are fully encoded here, before
         // the lock: serializing thousands of payloads must not hold up other writers.
-        let check = sqlx::query_scalar::<_, String>(STALE_STREAM_SQL)
-            .bind(&stream_ids)
-            .bind(&expected);
+        let check = (!existing_ids.is_empty()).then(|| {
+            sqlx::query_scalar::<_, String>(BEHIND_STREAM_SQL)
+                .bind(&existing_ids)
+                .bind(&existing_expected)
+        });
         let insert = sqlx::query(INSERT_SQL)
             .bind(&batch.partition_key)
             .bind(&columns.stream_ids)
@@ -214,7 +235,9 @@ impl PgEventStore {
             .map_err(unavailable)?;
         let lock_acquired = Instant::now();
 
-        if let Some(stream_id) = check.fetch_optional(&mut *tx).await.map_err(unavailable)? {
+        if let Some(check) = check
+            && let Some(stream_id) = check.fetch_optional(&mut *tx).await.map_err(unavailable)?
+        {
             rollback_quietly(tx).await;
             return Err(StoreError::Conflict { stream_id });
         }
@@ -222,8 +245,8 @@ impl PgEventStore {
         let row = match insert.fetch_one(&mut *tx).await {
             Ok(row) => row,
             Err(e) if is_stream_version_violation(&e) => {
-                // Only a writer that bypasses the append lock can get here; the check above
-                // is authoritative otherwise. Find the stream that lost, for the caller.
+                // A stream expected to be new already exists, or one is ahead of what the
+                // writer believes: a conflict. Find the stream that lost, for the caller.
                 rollback_quietly(tx).await;
                 let stream_id = self
                     .stale_stream(&stream_ids, &expected)

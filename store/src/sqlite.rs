@@ -59,6 +59,17 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite"
 /// The first stream (in the order given) that is not at its expected version E: current
 /// means no row at all for E = 0, or a row at E and none at E + 1. `?1` is a JSON array of
 /// `[stream_id, expected_version]` pairs.
+/// The check made before the insert, over the streams the writer believes exist
+/// (`?1`: `[[stream_id, expected_version], …]` with E > 0): the row at E must exist. Any
+/// other stale expectation (a row at E + 1, or a row for a stream expected to be new)
+/// makes the insert fail on `events_stream_version_key`, mapped to the same conflict.
+const BEHIND_STREAM_SQL: &str = "\
+SELECT s.value ->> 0
+FROM json_each(?1) AS s
+WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = s.value ->> 0 AND e.version = s.value ->> 1)
+ORDER BY s.key
+LIMIT 1";
+
 const STALE_STREAM_SQL: &str = "\
 SELECT s.value ->> 0
 FROM json_each(?1) AS s
@@ -366,8 +377,11 @@ impl EventStore for SqliteEventStore {
 
 /// A batch as the two JSON parameters of an append.
 struct EncodedBatch {
-    /// `[[stream_id, expected_version], …]` for the version check.
+    /// `[[stream_id, expected_version], …]` for naming a stale stream.
     streams: String,
+    /// The same for streams expected to exist (E > 0), for the check before the
+    /// insert; `None` when every stream is new.
+    existing_streams: Option<String>,
     /// `[JsonEvent, …]` in append order for the insert.
     events: String,
     event_count: usize,
@@ -398,7 +412,13 @@ impl EncodedBatch {
         let encode_error = |e: serde_json::Error| {
             StoreError::InvalidAppend(format!("batch cannot be encoded: {e}"))
         };
+        let existing: Vec<(&str, i64)> = streams.iter().copied().filter(|(_, e)| *e > 0).collect();
         Ok(Self {
+            existing_streams: if existing.is_empty() {
+                None
+            } else {
+                Some(serde_json::to_string(&existing).map_err(encode_error)?)
+            },
             streams: serde_json::to_string(&streams).map_err(encode_error)?,
             events: serde_json::to_string(&events).map_err(encode_error)?,
             event_count: events.len(),
@@ -444,13 +464,15 @@ async fn insert_batch(
     batch: &AppendBatch,
     encoded: &EncodedBatch,
 ) -> StoreResult<AppendResult> {
-    let stale: Option<String> = sqlx::query_scalar(STALE_STREAM_SQL)
-        .bind(&encoded.streams)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    if let Some(stream_id) = stale {
-        return Err(StoreError::Conflict { stream_id });
+    if let Some(existing) = &encoded.existing_streams {
+        let behind: Option<String> = sqlx::query_scalar(BEHIND_STREAM_SQL)
+            .bind(existing)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        if let Some(stream_id) = behind {
+            return Err(StoreError::Conflict { stream_id });
+        }
     }
 
     let inserted = sqlx::query(INSERT_SQL)
@@ -462,9 +484,8 @@ async fn insert_batch(
     let inserted = match inserted {
         Ok(inserted) => inserted,
         Err(e) if is_unique_violation(&e) => {
-            // Another process appended between our check and insert, which BEGIN IMMEDIATE
-            // rules out for writers that use it; name the first of our streams that is
-            // now stale, for the caller.
+            // A stream expected to be new already exists, or one is ahead of what the
+            // writer believes: a conflict. Name the first stale stream, for the caller.
             let stream_id = sqlx::query_scalar(STALE_STREAM_SQL)
                 .bind(&encoded.streams)
                 .fetch_optional(&mut *conn)
