@@ -81,10 +81,6 @@ WHERE NOT CASE
 ORDER BY s.ord
 LIMIT 1";
 
-/// Inserts the whole batch in the given order and, in the same statement, sends the one
-/// NOTIFY of the batch. It returns what the caller asserts before committing: the position
-/// range, the row count, and the positions of the batch's first and last event (which must
-/// be the ends of the range, so the range is this batch's, in the order given).
 /// The check made before the insert, over the streams the writer believes exist
 /// (expected version E > 0): the row at E must exist, or the stream is behind what the
 /// writer believes. Everything else a stale expected version can mean (a row at E + 1, or
@@ -98,22 +94,25 @@ WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = s.stream_id AND e.v
 ORDER BY s.ord
 LIMIT 1";
 
-const INSERT_SQL: &str = "\
-WITH inserted AS (
-    INSERT INTO events (partition_key, stream_id, version, event_type, schema_version, payload, metadata, recorded_at)
-    SELECT $1, stream_id, version, event_type, schema_version, payload::jsonb, metadata::jsonb, $8
-    FROM unnest($2::text[], $3::bigint[], $4::text[], $5::integer[], $6::text[], $7::text[])
-        WITH ORDINALITY AS t(stream_id, version, event_type, schema_version, payload, metadata, ord)
-    ORDER BY ord
-    RETURNING position, stream_id, version
+/// The batch goes in with COPY (text format), in the given order: measured about twice
+/// as fast as an INSERT … SELECT FROM unnest for the engine's batches. Positions come from
+/// the bigserial's default, taken row by row while this transaction holds the append lock.
+const COPY_SQL: &str = "COPY events (partition_key, stream_id, version, event_type, schema_version, payload, metadata, recorded_at) FROM STDIN";
+
+/// After the COPY: the position range the rows got (the sequence's current value is the
+/// last; the lock makes the range contiguous), what the caller asserts before committing,
+/// and the one NOTIFY of the batch. `$1` is the number of rows copied.
+const COPIED_SQL: &str = "\
+WITH range AS (
+    SELECT currval(pg_get_serial_sequence('events', 'position')) AS last_position
 )
-SELECT min(position) AS first_position,
-       max(position) AS last_position,
-       count(*) AS inserted_count,
-       min(position) FILTER (WHERE stream_id = $10 AND version = $11) AS first_event_position,
-       max(position) FILTER (WHERE stream_id = $12 AND version = $13) AS last_event_position,
-       pg_notify($9, max(position)::text)
-FROM inserted";
+SELECT range.last_position - $1 + 1 AS first_position,
+       range.last_position AS last_position,
+       (SELECT count(*) FROM events e WHERE e.position BETWEEN range.last_position - $1 + 1 AND range.last_position) AS inserted_count,
+       (SELECT e.position FROM events e WHERE e.position = range.last_position - $1 + 1 AND e.stream_id = $3 AND e.version = $4) AS first_event_position,
+       (SELECT e.position FROM events e WHERE e.position = range.last_position AND e.stream_id = $5 AND e.version = $6) AS last_event_position,
+       pg_notify($2, range.last_position::text)
+FROM range";
 
 const SELECT_EVENT_COLUMNS: &str = "\
 SELECT position, partition_key, stream_id, version, event_type, schema_version, payload,
@@ -196,36 +195,20 @@ impl PgEventStore {
             }
         }
         let event_count = batch.event_count();
-        let mut columns = EventColumns::with_capacity(event_count);
-        for planned in planned_events(batch) {
-            columns.push(planned.stream_id, planned.version, planned.event);
-        }
-        let first_event = (columns.stream_ids[0], columns.versions[0]);
+        let planned: Vec<_> = planned_events(batch).collect();
+        let first_event = (planned[0].stream_id, planned[0].version);
         let last_event = (
-            columns.stream_ids[event_count - 1],
-            columns.versions[event_count - 1],
+            planned[event_count - 1].stream_id,
+            planned[event_count - 1].version,
         );
-        // Binding encodes the parameters, so both statements are fully encoded here, before
-        // the lock: serializing thousands of payloads must not hold up other writers.
+        // Everything is encoded here, before the lock: serializing thousands of payloads
+        // must not hold up other writers.
+        let copy_data = copy_rows(&batch.partition_key, batch.recorded_at, &planned);
         let check = (!existing_ids.is_empty()).then(|| {
             sqlx::query_scalar::<_, String>(BEHIND_STREAM_SQL)
                 .bind(&existing_ids)
                 .bind(&existing_expected)
         });
-        let insert = sqlx::query(INSERT_SQL)
-            .bind(&batch.partition_key)
-            .bind(&columns.stream_ids)
-            .bind(&columns.versions)
-            .bind(&columns.event_types)
-            .bind(&columns.schema_versions)
-            .bind(&columns.payloads)
-            .bind(&columns.metadata)
-            .bind(batch.recorded_at)
-            .bind(NOTIFY_CHANNEL)
-            .bind(first_event.0)
-            .bind(first_event.1)
-            .bind(last_event.0)
-            .bind(last_event.1);
 
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
         let lock_requested = Instant::now();
@@ -242,8 +225,17 @@ impl PgEventStore {
             return Err(StoreError::Conflict { stream_id });
         }
 
-        let row = match insert.fetch_one(&mut *tx).await {
-            Ok(row) => row,
+        let copied = async {
+            let mut copy = tx.copy_in_raw(COPY_SQL).await?;
+            copy.send(copy_data).await?;
+            copy.finish().await
+        }
+        .await;
+        match copied {
+            Ok(rows) => assert_eq!(
+                rows, event_count as u64,
+                "COPY wrote {rows} rows of {event_count}"
+            ),
             Err(e) if is_stream_version_violation(&e) => {
                 // A stream expected to be new already exists, or one is ahead of what the
                 // writer believes: a conflict. Find the stream that lost, for the caller.
@@ -257,7 +249,17 @@ impl PgEventStore {
                 return Err(StoreError::Conflict { stream_id });
             }
             Err(e) => return Err(unavailable(e)),
-        };
+        }
+        let row = sqlx::query(COPIED_SQL)
+            .bind(event_count as i64)
+            .bind(NOTIFY_CHANNEL)
+            .bind(first_event.0)
+            .bind(first_event.1)
+            .bind(last_event.0)
+            .bind(last_event.1)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
         let first: i64 = row.try_get("first_position").map_err(unavailable)?;
         let last: i64 = row.try_get("last_position").map_err(unavailable)?;
         let count: i64 = row.try_get("inserted_count").map_err(unavailable)?;
@@ -315,38 +317,52 @@ impl PgEventStore {
     }
 }
 
-/// The batch as one array per column, for `unnest`. Payload and metadata travel as JSON
-/// text cast to jsonb on the server: measured with 3000-event batches, that was about 7%
-/// faster per append than sending the same values as a binary `jsonb[]`.
-struct EventColumns<'a> {
-    stream_ids: Vec<&'a str>,
-    versions: Vec<i64>,
-    event_types: Vec<&'a str>,
-    schema_versions: Vec<i32>,
-    payloads: Vec<String>,
-    metadata: Vec<String>,
+/// The batch as COPY text-format rows, one per event in append order: tab-separated
+/// columns, each escaped so that a backslash, tab, newline or carriage return inside a
+/// value (JSON escapes contain backslashes) reads back as itself.
+fn copy_rows(
+    partition_key: &str,
+    recorded_at: DateTime<Utc>,
+    planned: &[crate::common::PlannedEvent<'_>],
+) -> Vec<u8> {
+    let recorded_at = recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut out = Vec::with_capacity(planned.len() * 512);
+    let mut json = Vec::with_capacity(512);
+    for p in planned {
+        copy_field(&mut out, partition_key.as_bytes());
+        out.push(b'\t');
+        copy_field(&mut out, p.stream_id.as_bytes());
+        out.push(b'\t');
+        out.extend_from_slice(p.version.to_string().as_bytes());
+        out.push(b'\t');
+        copy_field(&mut out, p.event.event_type.as_bytes());
+        out.push(b'\t');
+        out.extend_from_slice(p.event.schema_version.to_string().as_bytes());
+        out.push(b'\t');
+        json.clear();
+        serde_json::to_writer(&mut json, &p.event.payload).expect("a JSON value serializes");
+        copy_field(&mut out, &json);
+        out.push(b'\t');
+        json.clear();
+        serde_json::to_writer(&mut json, &p.event.metadata).expect("metadata has only string keys");
+        copy_field(&mut out, &json);
+        out.push(b'\t');
+        out.extend_from_slice(recorded_at.as_bytes());
+        out.push(b'\n');
+    }
+    out
 }
 
-impl<'a> EventColumns<'a> {
-    fn with_capacity(n: usize) -> Self {
-        Self {
-            stream_ids: Vec::with_capacity(n),
-            versions: Vec::with_capacity(n),
-            event_types: Vec::with_capacity(n),
-            schema_versions: Vec::with_capacity(n),
-            payloads: Vec::with_capacity(n),
-            metadata: Vec::with_capacity(n),
+/// One value in COPY's text format.
+fn copy_field(out: &mut Vec<u8>, value: &[u8]) {
+    for &b in value {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
         }
-    }
-
-    fn push(&mut self, stream_id: &'a str, version: i64, event: &'a crate::NewEvent) {
-        self.stream_ids.push(stream_id);
-        self.versions.push(version);
-        self.event_types.push(&event.event_type);
-        self.schema_versions.push(event.schema_version);
-        self.payloads.push(event.payload.to_string());
-        self.metadata
-            .push(serde_json::to_string(&event.metadata).expect("metadata has only string keys"));
     }
 }
 
