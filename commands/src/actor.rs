@@ -10,7 +10,8 @@ use boxoffice_domain::booking::BookingError;
 use boxoffice_domain::reservation::ReservationEvent;
 use boxoffice_domain::{Command, DomainEvent, ReservationId, ShowId, ShowState};
 use boxoffice_store::{
-    AppendBatch, AppendResult, EventMetadata, NewEvent, StoreError, StoreResult, StreamAppend,
+    AppendBatch, AppendResult, EventMetadata, NewEvent, PendingEvent, StoreError, StoreResult,
+    StreamExpectation,
 };
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -20,7 +21,8 @@ use uuid::Uuid;
 use crate::engine::{CommandMeta, EngineError, Outcome, Shared};
 
 pub(crate) type Reply = oneshot::Sender<Result<Outcome, EngineError>>;
-pub(crate) type Read = Box<dyn FnOnce(Result<&ShowState, EngineError>) + Send>;
+/// A read of the show's committed state, with the log position that state reflects.
+pub(crate) type Read = Box<dyn FnOnce(Result<(&ShowState, u64), EngineError>) + Send>;
 
 pub(crate) enum Message {
     Command {
@@ -266,7 +268,7 @@ impl Actor {
     /// Answers a read with the committed state, or why there is none.
     fn answer_read(&self, read: Read) {
         if self.loaded {
-            read(Ok(&self.state));
+            read(Ok((&self.state, self.position)));
         } else {
             read(Err(EngineError::Unavailable(
                 "the show's state could not be loaded from the store".into(),
@@ -470,11 +472,13 @@ impl Actor {
         let batch = self.build_batch(&next.events, &next.metas, now);
         // Commands decided while this batch appends must expect the versions it leaves.
         // If it fails, a reload resets them.
-        for stream in &batch.streams {
-            self.versions.insert(
-                stream.stream_id.clone(),
-                stream.expected_version + stream.events.len() as u64,
-            );
+        let mut written = vec![0u64; batch.streams.len()];
+        for event in &batch.events {
+            written[event.stream] += 1;
+        }
+        for (stream, count) in batch.streams.iter().zip(written) {
+            self.versions
+                .insert(stream.stream_id.clone(), stream.expected_version + count);
         }
         next.placed = next
             .events
@@ -720,44 +724,51 @@ impl Actor {
         expired
     }
 
-    /// One append for the batch: each stream once, in the order it was first written,
-    /// with its events in decision order and the version this actor believes it is at.
+    /// One append for the batch: its events in decision order, so the log reads as
+    /// things happened; each stream named once, with the version this actor believes
+    /// it is at.
     fn build_batch(
         &self,
         events: &[(DomainEvent, usize)],
         metas: &[CommandMeta],
         now: chrono::DateTime<chrono::Utc>,
     ) -> AppendBatch {
-        let mut streams: Vec<StreamAppend> = Vec::new();
+        let mut streams: Vec<StreamExpectation> = Vec::new();
         let mut stream_index: HashMap<String, usize> = HashMap::new();
+        let mut pending = Vec::with_capacity(events.len());
         for (event, meta_index) in events {
             let stream_id = event.stream_id(self.show);
-            let index = *stream_index.entry(stream_id.clone()).or_insert_with(|| {
-                let expected_version = self.versions.get(&stream_id).copied().unwrap_or(0);
-                streams.push(StreamAppend {
-                    stream_id,
-                    expected_version,
-                    events: Vec::new(),
+            let stream = *stream_index
+                .entry(stream_id)
+                .or_insert_with_key(|stream_id| {
+                    let expected_version = self.versions.get(stream_id).copied().unwrap_or(0);
+                    streams.push(StreamExpectation {
+                        stream_id: stream_id.clone(),
+                        expected_version,
+                    });
+                    streams.len() - 1
                 });
-                streams.len() - 1
-            });
             let (event_type, schema_version, payload) = event.encode();
             let meta = &metas[*meta_index];
-            streams[index].events.push(NewEvent {
-                event_type: event_type.to_string(),
-                schema_version,
-                payload,
-                metadata: EventMetadata {
-                    event_id: self.shared.ids.next_uuid(),
-                    correlation_id: meta.correlation_id,
-                    causation_id: meta.causation_id,
-                    actor: meta.actor.clone(),
+            pending.push(PendingEvent {
+                stream,
+                event: NewEvent {
+                    event_type: event_type.to_string(),
+                    schema_version,
+                    payload,
+                    metadata: EventMetadata {
+                        event_id: self.shared.ids.next_uuid(),
+                        correlation_id: meta.correlation_id,
+                        causation_id: meta.causation_id,
+                        actor: meta.actor.clone(),
+                    },
                 },
             });
         }
         AppendBatch {
             partition_key: self.partition_key.clone(),
             streams,
+            events: pending,
             recorded_at: now,
         }
     }

@@ -224,9 +224,19 @@ impl Engine {
         show: ShowId,
         read: impl FnOnce(&ShowState) -> R + Send + 'static,
     ) -> Result<R, EngineError> {
+        self.query_at(show, move |state, _| read(state)).await
+    }
+
+    /// Like [`Engine::query`], with the log position the state reflects (the last
+    /// position of the show's events the actor has committed or loaded).
+    pub async fn query_at<R: Send + 'static>(
+        &self,
+        show: ShowId,
+        read: impl FnOnce(&ShowState, u64) -> R + Send + 'static,
+    ) -> Result<R, EngineError> {
         let (reply, answer) = oneshot::channel();
-        let read: Read = Box::new(move |state: Result<&ShowState, EngineError>| {
-            let _ = reply.send(state.map(read));
+        let read: Read = Box::new(move |state: Result<(&ShowState, u64), EngineError>| {
+            let _ = reply.send(state.map(|(state, position)| read(state, position)));
         });
         self.send(show, Message::Query(read)).await?;
         answer

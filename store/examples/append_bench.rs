@@ -166,11 +166,7 @@ fn hold_batch(writer: usize, round: u64) -> AppendBatch {
             });
         }
     }
-    AppendBatch {
-        partition_key: show_id,
-        streams,
-        recorded_at: Utc::now(),
-    }
+    AppendBatch::grouped(show_id, streams, Utc::now())
 }
 
 fn event(event_type: &str, payload: serde_json::Value, correlation_id: Uuid) -> NewEvent {

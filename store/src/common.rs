@@ -38,51 +38,61 @@ pub(crate) fn validate(batch: &AppendBatch) -> StoreResult<()> {
         if !seen.insert(stream.stream_id.as_str()) {
             return invalid(format!("stream {} named twice", stream.stream_id));
         }
-        if stream.events.is_empty() {
+    }
+    let mut per_stream = vec![0u64; batch.streams.len()];
+    for event in &batch.events {
+        let Some(count) = per_stream.get_mut(event.stream) else {
+            return invalid(format!(
+                "an event names stream #{} of {}",
+                event.stream,
+                batch.streams.len()
+            ));
+        };
+        *count += 1;
+        if event.event.event_type.is_empty() {
+            return invalid(format!(
+                "stream {} has an event without a type",
+                batch.streams[event.stream].stream_id
+            ));
+        }
+    }
+    for (stream, count) in batch.streams.iter().zip(per_stream) {
+        if count == 0 {
             return invalid(format!("stream {} has no events", stream.stream_id));
         }
         // Versions are stored as BIGINT; the last version of this append must fit.
-        let last_version = stream
-            .expected_version
-            .checked_add(stream.events.len() as u64);
+        let last_version = stream.expected_version.checked_add(count);
         if last_version.is_none_or(|v| v > i64::MAX as u64) {
             return invalid(format!("stream {} version overflows", stream.stream_id));
-        }
-        for event in &stream.events {
-            if event.event_type.is_empty() {
-                return invalid(format!(
-                    "stream {} has an event without a type",
-                    stream.stream_id
-                ));
-            }
         }
     }
     Ok(())
 }
 
-/// One event of a validated batch with the version it will get, in append order (the
-/// order of the streams, then of the events within each stream).
+/// One event of a validated batch with the version it will get, in append order.
 pub(crate) struct PlannedEvent<'a> {
     pub stream_id: &'a str,
     pub version: i64,
     pub event: &'a crate::NewEvent,
 }
 
-/// The events of a validated batch in append order with their versions: a stream at
-/// expected version E gets E+1, E+2, … so versions stay gap-free.
+/// The events of a validated batch in the order given, with their versions: a stream at
+/// expected version E gets E+1, E+2, … in that order, so versions stay gap-free.
 pub(crate) fn planned_events(batch: &AppendBatch) -> impl Iterator<Item = PlannedEvent<'_>> {
-    batch.streams.iter().flat_map(|stream| {
-        // `validate` has bounded expected_version + len by i64::MAX.
-        let first = stream.expected_version as i64 + 1;
-        stream
-            .events
-            .iter()
-            .enumerate()
-            .map(move |(i, event)| PlannedEvent {
-                stream_id: &stream.stream_id,
-                version: first + i as i64,
-                event,
-            })
+    // `validate` has bounded every expected_version + count by i64::MAX.
+    let mut next_version: Vec<i64> = batch
+        .streams
+        .iter()
+        .map(|s| s.expected_version as i64 + 1)
+        .collect();
+    batch.events.iter().map(move |pending| {
+        let version = next_version[pending.stream];
+        next_version[pending.stream] += 1;
+        PlannedEvent {
+            stream_id: &batch.streams[pending.stream].stream_id,
+            version,
+            event: &pending.event,
+        }
     })
 }
 
@@ -185,7 +195,7 @@ pub(crate) fn assert_contiguous(first: i64, last: i64, count: i64, expected_coun
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{NewEvent, StreamAppend};
+    use crate::{AppendBatch, NewEvent, StreamAppend};
 
     fn event() -> NewEvent {
         NewEvent {
@@ -202,11 +212,7 @@ mod tests {
     }
 
     fn batch(streams: Vec<StreamAppend>) -> AppendBatch {
-        AppendBatch {
-            partition_key: "show-1".to_owned(),
-            streams,
-            recorded_at: chrono::Utc::now(),
-        }
+        AppendBatch::grouped("show-1", streams, chrono::Utc::now())
     }
 
     fn stream(id: &str, expected_version: u64, events: usize) -> StreamAppend {
@@ -228,6 +234,20 @@ mod tests {
     }
 
     #[test]
+    fn interleaved_events_keep_their_order_and_each_stream_counts_on() {
+        let mut batch = batch(vec![stream("a", 0, 2), stream("b", 5, 1)]);
+        // a, b, a: the order given is the order stored.
+        batch.events.swap(1, 2);
+        validate(&batch).unwrap();
+        let planned: Vec<_> = planned_events(&batch)
+            .map(|p| (p.stream_id, p.version))
+            .collect();
+        assert_eq!(planned, vec![("a", 1), ("b", 6), ("a", 2)]);
+        batch.events[0].stream = 7;
+        assert!(validate(&batch).is_err());
+    }
+
+    #[test]
     fn rejects_malformed_batches() {
         let cases = [
             batch(vec![]),
@@ -238,6 +258,10 @@ mod tests {
             batch(vec![stream("a", 0, APPEND_EVENTS_MAX + 1)]),
             AppendBatch {
                 partition_key: String::new(),
+                ..batch(vec![stream("a", 0, 1)])
+            },
+            AppendBatch {
+                events: Vec::new(),
                 ..batch(vec![stream("a", 0, 1)])
             },
         ];

@@ -44,8 +44,23 @@ pub struct NewEvent {
     pub metadata: EventMetadata,
 }
 
-/// The events for one stream in an append, with the version the writer believes the
-/// stream is at (0 for a stream with no events yet).
+/// A stream written by an append, with the version the writer believes it is at (0 for
+/// a stream with no events yet).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamExpectation {
+    pub stream_id: String,
+    pub expected_version: u64,
+}
+
+/// One event of an append and the stream it goes to (an index into the batch's streams).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingEvent {
+    pub stream: usize,
+    pub event: NewEvent,
+}
+
+/// The events for one stream, for building a batch stream by stream with
+/// [`AppendBatch::grouped`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamAppend {
     pub stream_id: String,
@@ -53,19 +68,49 @@ pub struct StreamAppend {
     pub events: Vec<NewEvent>,
 }
 
-/// One atomic append: every stream belongs to the same partition (a show).
+/// One atomic append: every stream belongs to the same partition (a show). Events are
+/// stored in the order given, across streams, so the log reads as things happened; each
+/// stream's versions continue from its expected version in that order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppendBatch {
     /// The partition key: the show id every stream here belongs to.
     pub partition_key: String,
-    pub streams: Vec<StreamAppend>,
+    /// Every stream written, each once.
+    pub streams: Vec<StreamExpectation>,
+    pub events: Vec<PendingEvent>,
     /// When the events are recorded; from the caller's clock so tests are deterministic.
     pub recorded_at: DateTime<Utc>,
 }
 
 impl AppendBatch {
     pub fn event_count(&self) -> usize {
-        self.streams.iter().map(|s| s.events.len()).sum()
+        self.events.len()
+    }
+
+    /// A batch that writes each stream's events in turn, streams in the order given.
+    pub fn grouped(
+        partition_key: impl Into<String>,
+        streams: Vec<StreamAppend>,
+        recorded_at: DateTime<Utc>,
+    ) -> Self {
+        let mut expectations = Vec::with_capacity(streams.len());
+        let mut events = Vec::new();
+        for (index, stream) in streams.into_iter().enumerate() {
+            expectations.push(StreamExpectation {
+                stream_id: stream.stream_id,
+                expected_version: stream.expected_version,
+            });
+            events.extend(stream.events.into_iter().map(|event| PendingEvent {
+                stream: index,
+                event,
+            }));
+        }
+        Self {
+            partition_key: partition_key.into(),
+            streams: expectations,
+            events,
+            recorded_at,
+        }
     }
 }
 
@@ -73,7 +118,7 @@ impl AppendBatch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendResult {
     /// Position of the first and last event committed (inclusive). Positions inside
-    /// one append are contiguous and in the order the streams and events were given.
+    /// one append are contiguous and in the order the events were given.
     pub first_position: u64,
     pub last_position: u64,
 }

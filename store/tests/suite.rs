@@ -231,11 +231,7 @@ fn stream(stream_id: &str, expected_version: u64, events: Vec<NewEvent>) -> Stre
 }
 
 fn batch(partition_key: &str, streams: Vec<StreamAppend>) -> AppendBatch {
-    AppendBatch {
-        partition_key: partition_key.to_owned(),
-        streams,
-        recorded_at: recorded_at(),
-    }
+    AppendBatch::grouped(partition_key, streams, recorded_at())
 }
 
 async fn append_one(
@@ -306,14 +302,14 @@ async fn append_and_read_round_trip(store: Arc<dyn EventStore>, _db: &TestDb) {
         .collect();
     // Sub-microsecond digits are dropped by both backends alike.
     let at = recorded_at() + chrono::Duration::nanoseconds(789);
-    let appended = AppendBatch {
-        partition_key: "show-1".to_owned(),
-        streams: vec![
+    let appended = AppendBatch::grouped(
+        "show-1",
+        vec![
             stream("reservation-a", 0, a_events.clone()),
             stream("seat-show-1-b", 0, b_events.clone()),
         ],
-        recorded_at: at,
-    };
+        at,
+    );
 
     assert_eq!(store.head_position().await.unwrap(), 0);
     let result = store.append(appended).await.expect("append");

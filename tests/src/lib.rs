@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use boxoffice_domain::event::DomainEvent;
 use boxoffice_domain::pool::PoolEvent;
+use boxoffice_domain::reservation::ReservationEvent;
 use boxoffice_domain::seat::SeatEvent;
 use boxoffice_domain::show::{
     Limits, PriceTier, RowDef, SectionDef, SectionLayout, ShowDefinition, Venue,
@@ -158,6 +159,10 @@ pub fn check_log(show: ShowId, log: &[RecordedEvent]) -> Result<(LogReport, Show
     let mut pool_used: HashMap<String, i64> = HashMap::new();
     let mut pool_capacity: HashMap<String, i64> = HashMap::new();
     let mut last_position = 0;
+    // The log reads as things happened: a reservation is placed before its seats are
+    // held, and closed before its seats are released.
+    let mut placed: std::collections::HashSet<ReservationId> = std::collections::HashSet::new();
+    let mut closed: std::collections::HashSet<ReservationId> = std::collections::HashSet::new();
     let mut events = Vec::with_capacity(log.len());
     for r in log {
         if r.position <= last_position {
@@ -181,6 +186,40 @@ pub fn check_log(show: ShowId, log: &[RecordedEvent]) -> Result<(LogReport, Show
                 event.stream_id(show),
                 r.stream_id
             ));
+        }
+        match &event {
+            DomainEvent::Reservation(e) => match e {
+                ReservationEvent::ReservationPlaced { reservation_id, .. } => {
+                    placed.insert(*reservation_id);
+                }
+                ReservationEvent::HoldExpired { reservation_id }
+                | ReservationEvent::ReservationCancelled { reservation_id, .. }
+                | ReservationEvent::PaymentFailed { reservation_id, .. }
+                | ReservationEvent::PaymentTimedOut { reservation_id, .. }
+                | ReservationEvent::RefundIssued { reservation_id, .. } => {
+                    closed.insert(*reservation_id);
+                }
+                _ => {}
+            },
+            DomainEvent::Seat(SeatEvent::SeatHeld { reservation_id, .. })
+            | DomainEvent::Pool(PoolEvent::PoolSeatsHeld { reservation_id, .. })
+                if !placed.contains(reservation_id) =>
+            {
+                return Err(format!(
+                    "position {}: seats held for {reservation_id} before it was placed",
+                    r.position
+                ));
+            }
+            DomainEvent::Seat(SeatEvent::SeatReleased { reservation_id, .. })
+            | DomainEvent::Pool(PoolEvent::PoolSeatsReleased { reservation_id, .. })
+                if !closed.contains(reservation_id) =>
+            {
+                return Err(format!(
+                    "position {}: seats of {reservation_id} released before it was closed",
+                    r.position
+                ));
+            }
+            _ => {}
         }
         match &event {
             DomainEvent::Show(boxoffice_domain::show::ShowEvent::ShowScheduled {

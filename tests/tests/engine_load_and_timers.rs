@@ -188,20 +188,21 @@ async fn append_raw(
         causation_id: None,
         actor: "test:raw".into(),
     };
-    let batch = AppendBatch {
-        partition_key: show.to_string(),
-        streams: vec![StreamAppend {
+    let event = NewEvent {
+        event_type: event_type.into(),
+        schema_version: 1,
+        payload,
+        metadata,
+    };
+    let batch = AppendBatch::grouped(
+        show.to_string(),
+        vec![StreamAppend {
             stream_id,
             expected_version,
-            events: vec![NewEvent {
-                event_type: event_type.into(),
-                schema_version: 1,
-                payload,
-                metadata,
-            }],
+            events: vec![event],
         }],
-        recorded_at: Utc::now(),
-    };
+        Utc::now(),
+    );
     store.append(batch).await.unwrap().last_position
 }
 
