@@ -41,11 +41,18 @@ pub async fn request_id_layer(request: Request, next: Next) -> Response {
         .map(str::to_string)
         .unwrap_or_else(|| Uuid::now_v7().to_string());
     let mut response = REQUEST_ID.scope(id.clone(), next.run(request)).await;
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v == "application/problem+json");
-    if is_problem {
+    let is_problem = |r: &Response| {
+        r.headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v == "application/problem+json")
+    };
+    let status = response.status();
+    if !is_problem(&response) && (status.is_client_error() || status.is_server_error()) {
+        // An error made by a layer rather than a handler (a timeout, a body over the
+        // limit, an extractor's rejection): every error is problem+json all the same.
+        response = problem_for_status(response).await;
+    }
+    if is_problem(&response) {
         response = fill_problem_request_id(response, &id).await;
     }
     response.headers_mut().insert(
@@ -53,6 +60,47 @@ pub async fn request_id_layer(request: Request, next: Next) -> Response {
         HeaderValue::from_str(&id).expect("checked ascii"),
     );
     response
+}
+
+/// Replaces a bare error response with a problem body for its status, keeping headers
+/// such as `Retry-After`.
+async fn problem_for_status(response: Response) -> Response {
+    use axum::http::StatusCode as S;
+    let (parts, body) = response.into_parts();
+    let detail = axum::body::to_bytes(body, 4 * 1024)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| {
+            parts
+                .status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_string()
+        });
+    let code = match parts.status {
+        S::BAD_REQUEST => "bad_request",
+        S::UNAUTHORIZED => "unauthorized",
+        S::FORBIDDEN => "forbidden",
+        S::NOT_FOUND => "not_found",
+        S::METHOD_NOT_ALLOWED => "method_not_allowed",
+        S::PAYLOAD_TOO_LARGE => "payload_too_large",
+        S::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        S::UNPROCESSABLE_ENTITY => "validation_failed",
+        S::TOO_MANY_REQUESTS => "rate_limited",
+        S::REQUEST_TIMEOUT | S::SERVICE_UNAVAILABLE | S::GATEWAY_TIMEOUT => "service_unavailable",
+        s if s.is_client_error() => "bad_request",
+        _ => "internal_error",
+    };
+    let mut problem =
+        axum::response::IntoResponse::into_response(ApiError::new(parts.status, code, detail));
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            problem.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    problem
 }
 
 /// Problem bodies are small; the id is written into the `request_id` member.

@@ -288,6 +288,38 @@ async fn a_client_creates_a_show_holds_and_cancels_over_http() {
             .unwrap();
         problem(twice, 409, "reservation_not_held").await;
 
+        // Errors made outside the handlers are problem+json too.
+        let bad_query = server
+            .req(
+                M::GET,
+                &format!("/v1/shows/{show_id}/seatmap?min_position=abc"),
+                &buyer,
+            )
+            .send()
+            .await
+            .unwrap();
+        problem(bad_query, 400, "bad_request").await;
+        let too_big = server
+            .req(M::POST, &format!("/v1/shows/{show_id}/holds"), &buyer)
+            .header("content-type", "application/json")
+            .body(format!("{{\"seats\": [\"{}\"]}}", "x".repeat(300 * 1024)))
+            .send()
+            .await
+            .unwrap();
+        problem(too_big, 413, "payload_too_large").await;
+        let not_json = server
+            .req(M::POST, &format!("/v1/shows/{show_id}/holds"), &buyer)
+            .body("seats")
+            .send()
+            .await
+            .unwrap();
+        problem(not_json, 415, "unsupported_media_type").await;
+        let wrong_method = server
+            .req(M::PUT, &format!("/v1/shows/{show_id}/holds"), &buyer)
+            .send()
+            .await
+            .unwrap();
+        problem(wrong_method, 405, "method_not_allowed").await;
         let missing = server
             .req(M::GET, "/v1/nothing-here", &buyer)
             .send()
