@@ -1,16 +1,13 @@
 //! Per-request context: the request id (a task-local set by the request-id layer, so
 //! any error can name it) and the caller.
 
-use axum::extract::{FromRequestParts, Request};
-use axum::http::request::Parts;
+use axum::extract::Request;
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use boxoffice_domain::UserId;
 use uuid::Uuid;
 
 use crate::error::{ApiError, REQUEST_ID_HEADER};
-use crate::state::AppState;
 
 tokio::task_local! {
     static REQUEST_ID: String;
@@ -122,48 +119,6 @@ async fn fill_problem_request_id(response: Response, id: &str) -> Response {
     let mut parts = parts;
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, axum::body::Body::from(body))
-}
-
-/// The authenticated caller.
-///
-/// Until the auth issue lands, authentication is a development token: every request
-/// that changes something carries `Authorization: Bearer <dev token>` (from `DEV_TOKEN`,
-/// or generated into the data directory on first run) and names the acting user in
-/// `X-Dev-User: usr_…`. It is a placeholder for a single developer's machine, not an
-/// auth scheme; the next issue replaces it with registered users and JWTs.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller {
-    pub user_id: UserId,
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
-        if !constant_time_eq(token.as_bytes(), state.dev_token.as_bytes()) {
-            return Err(ApiError::unauthorized("invalid token"));
-        }
-        let user_id = parts
-            .headers
-            .get("x-dev-user")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<UserId>().ok())
-            .ok_or_else(|| ApiError::unauthorized("X-Dev-User must name a user id (usr_…)"))?;
-        Ok(Caller { user_id })
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The `Idempotency-Key` (or `X-Idempotency-Key`) of a request, if any.

@@ -2,6 +2,7 @@
 //! config and tracing; [`Application`] builds the server, can bind port 0 so tests run
 //! it for real, and shuts down when the future it is given completes.
 
+pub mod auth;
 pub mod context;
 pub mod error;
 pub mod json;
@@ -31,9 +32,11 @@ use tokio::sync::watch;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::seatmap::SeatMaps;
 use crate::state::AppState;
+use boxoffice_store::users::UserDirectory;
 
 /// Largest request body accepted.
 pub const BODY_BYTES_MAX: usize = 256 * 1024;
@@ -56,41 +59,70 @@ pub struct Config {
     /// Directory for local state (the SQLite file by default, the generated dev token).
     #[arg(long, env = "DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
-    /// Development bearer token. If unset, one is generated into `<data dir>/dev-token`.
-    #[arg(long, env = "DEV_TOKEN", hide_env_values = true)]
-    pub dev_token: Option<String>,
+    /// Secret for signing access tokens (at least 32 bytes). If unset, it is read from
+    /// `JWT_SECRET_FILE`, or generated once into `<data dir>/jwt-secret`.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// A file holding the token secret.
+    #[arg(long, env = "JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
 }
 
 impl Config {
-    /// A configuration for tests: port 0 on loopback, the given store, a fixed token.
+    /// A configuration for tests: port 0 on loopback, the given store, a fixed secret.
     pub fn for_tests(database_url: String, data_dir: PathBuf) -> Self {
         Self {
             bind: "127.0.0.1:0".parse().expect("addr"),
             database_url,
             data_dir,
-            dev_token: Some("test-token".into()),
+            jwt_secret: Some(format!("test-secret-{}", uuid::Uuid::new_v4().simple())),
+            jwt_secret_file: None,
         }
     }
 
-    /// The dev token: configured, or read from (or generated into) the data directory.
-    fn dev_token(&self) -> anyhow::Result<String> {
-        if let Some(token) = &self.dev_token {
-            return Ok(token.clone());
+    /// The token secret: configured, from its file, or generated once into the data
+    /// directory (never a value built into the binary).
+    fn jwt_secret(&self) -> anyhow::Result<Vec<u8>> {
+        if let Some(secret) = &self.jwt_secret {
+            return Ok(secret.as_bytes().to_vec());
         }
-        let path = self.data_dir.join("dev-token");
-        if let Ok(token) = std::fs::read_to_string(&path) {
-            return Ok(token.trim().to_string());
+        if let Some(path) = &self.jwt_secret_file {
+            return Ok(std::fs::read_to_string(path)?.trim().as_bytes().to_vec());
+        }
+        let path = self.data_dir.join("jwt-secret");
+        if let Ok(secret) = std::fs::read_to_string(&path) {
+            return Ok(secret.trim().as_bytes().to_vec());
         }
         std::fs::create_dir_all(&self.data_dir)?;
-        let token = format!(
-            "dev_{}{}",
+        let secret = format!(
+            "{}{}",
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         );
-        std::fs::write(&path, &token)?;
-        tracing::info!(path = %path.display(), "generated a development token");
-        Ok(token)
+        std::fs::write(&path, &secret)?;
+        tracing::info!(path = %path.display(), "generated a token secret for development");
+        Ok(secret.into_bytes())
     }
+}
+
+/// Adds a user to the store named by `config` (`boxoffice user add`). The email and
+/// password are checked by the same rules as registration.
+pub async fn add_user(
+    config: &Config,
+    email: &str,
+    password: String,
+    display_name: Option<String>,
+    roles: &[auth::Role],
+) -> anyhow::Result<boxoffice_store::users::UserRecord> {
+    // Opening the event store applies the migrations, the users table among them.
+    let _store = boxoffice_store::connect(&config.database_url).await?;
+    let users = UserDirectory::connect(&config.database_url).await?;
+    let auth = Arc::new(Auth::new(&config.jwt_secret()?)?);
+    let body = auth::RegisterBody::new(email, &password, display_name.as_deref());
+    validator::Validate::validate(&body).map_err(|e| anyhow::anyhow!("invalid user: {e}"))?;
+    auth::create_user(&users, &auth, email, password, display_name, roles)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.detail))
 }
 
 pub struct Application {
@@ -125,10 +157,13 @@ impl Application {
             backend = store.backend(),
             "loaded"
         );
+        let users = Arc::new(UserDirectory::connect(&config.database_url).await?);
+        let auth = Arc::new(Auth::new(&config.jwt_secret()?)?);
         let state = AppState {
             engine,
             seatmaps,
-            dev_token: config.dev_token()?.into(),
+            users,
+            auth,
             ready: Arc::new(AtomicBool::new(false)),
         };
         let listener = TcpListener::bind(config.bind).await?;
@@ -143,8 +178,9 @@ impl Application {
         self.listener.local_addr().expect("bound listener")
     }
 
-    pub fn dev_token(&self) -> &str {
-        &self.state.dev_token
+    /// The user directory and token issuer, for tests and tools that create users.
+    pub fn user_admin(&self) -> (Arc<UserDirectory>, Arc<Auth>) {
+        (Arc::clone(&self.state.users), Arc::clone(&self.state.auth))
     }
 
     /// Serves until `shutdown` completes, then stops taking requests, finishes those in
@@ -179,6 +215,7 @@ impl Application {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .merge(auth::router())
         .merge(shows::router())
         .merge(reservations::router())
         .route("/healthz", get(healthz))

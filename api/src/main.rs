@@ -26,6 +26,24 @@ enum Cmd {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCmd {
+    /// Add a user with a role (organizer, support, auditor, admin; every user is also a buyer).
+    Add {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        password: String,
+        #[arg(long, value_enum)]
+        role: Vec<boxoffice_api::auth::Role>,
+        #[arg(long)]
+        display_name: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -42,6 +60,17 @@ async fn main() -> anyhow::Result<()> {
             // Opening the store applies the backend's migrations.
             let store = boxoffice_store::connect(&cli.config.database_url).await?;
             tracing::info!(backend = store.backend(), "migrations applied");
+            Ok(())
+        }
+        Cmd::User(UserCmd::Add {
+            email,
+            password,
+            role,
+            display_name,
+        }) => {
+            let user =
+                boxoffice_api::add_user(&cli.config, &email, password, display_name, &role).await?;
+            println!("{} {} {}", user.user_id, user.email, user.roles.join(","));
             Ok(())
         }
         Cmd::Serve => {

@@ -7,7 +7,7 @@ use axum::routing::get;
 use boxoffice_commands::CommandMeta;
 use boxoffice_domain::{Command, ReservationId, ShowId};
 
-use crate::context::Caller;
+use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::views;
@@ -28,7 +28,9 @@ async fn locate(app: &AppState, caller: &Caller, raw: &str) -> ApiResult<(ShowId
         .engine
         .query(show, move |s| s.reservation(id).map(|r| r.user_id))
         .await?;
-    if owner != Some(caller.user_id) {
+    // Support staff (and admins) see any reservation; a buyer only their own, and
+    // another buyer's is "not found" rather than "forbidden" so that ids do not leak.
+    if owner.is_none() || (owner != Some(caller.user_id) && !caller.has(Role::Support)) {
         return Err(not_found());
     }
     Ok((show, id))

@@ -18,7 +18,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::context::{Caller, idempotency_key};
+use crate::auth::{Caller, Role};
+use crate::context::idempotency_key;
 use crate::error::{ApiError, ApiResult};
 use crate::json::Json;
 use crate::state::AppState;
@@ -208,6 +209,7 @@ async fn create_show(
     caller: Caller,
     Json(body): Json<CreateShow>,
 ) -> ApiResult<Response> {
+    caller.require(&[Role::Organizer])?;
     let definition = body.into_definition()?;
     let show_id = ShowId(app.engine.next_uuid());
     let command = Command::Show(ShowCommand::Schedule {
@@ -346,6 +348,7 @@ async fn create_hold(
     headers: HeaderMap,
     Json(body): Json<HoldBody>,
 ) -> ApiResult<Response> {
+    caller.require(&[Role::Buyer])?;
     let show_id = parse_show_id(&show_id)?;
     let key = idempotency_key(&headers)?;
     let selection = body.selection()?;

@@ -4,14 +4,17 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use boxoffice_commands::Engine;
+use boxoffice_store::users::UserDirectory;
 
+use crate::auth::Auth;
 use crate::seatmap::SeatMaps;
 
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub seatmaps: Arc<SeatMaps>,
-    pub dev_token: Arc<str>,
+    pub users: Arc<UserDirectory>,
+    pub auth: Arc<Auth>,
     /// True once the write side has loaded and the read model caught up; false again
     /// while shutting down.
     pub ready: Arc<AtomicBool>,

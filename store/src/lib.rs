@@ -19,6 +19,7 @@ use tokio::sync::watch;
 mod common;
 pub mod postgres;
 pub mod sqlite;
+pub mod users;
 
 /// Most events one `append` may carry; the engine's batches stay below it.
 pub const APPEND_EVENTS_MAX: usize = 65_536;

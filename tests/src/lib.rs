@@ -297,54 +297,100 @@ pub fn check_log(show: ShowId, log: &[RecordedEvent]) -> Result<(LogReport, Show
 
 /// The real server on port 0, for HTTP suites.
 pub mod http {
-    use boxoffice_api::{Application, Config};
+    use std::sync::Arc;
 
-    /// A running server and a client for it, authenticated with its dev token.
+    use boxoffice_api::auth::{Auth, Role};
+    use boxoffice_api::{Application, Config};
+    use boxoffice_store::users::UserDirectory;
+
+    /// A running server and a client for it.
     pub struct Server {
         pub base: String,
-        pub token: String,
+        /// The secret the server signs tokens with, for tests that forge their own.
+        pub jwt_secret: String,
+        pub config: Config,
         pub client: reqwest::Client,
+        users: Arc<UserDirectory>,
+        auth: Arc<Auth>,
         stop: Option<tokio::sync::oneshot::Sender<()>>,
         task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    }
+
+    /// A user made for a test: its id and an access token.
+    pub struct TestUser {
+        pub user_id: String,
+        pub token: String,
     }
 
     impl Server {
         pub async fn start(url: &str) -> Server {
             let dir = std::env::temp_dir()
                 .join(format!("boxoffice-http-{}", uuid::Uuid::new_v4().simple()));
-            let app = Application::build(Config::for_tests(url.to_string(), dir))
+            let config = Config::for_tests(url.to_string(), dir);
+            let jwt_secret = config.jwt_secret.clone().expect("tests use a fixed secret");
+            let app = Application::build(config.clone())
                 .await
                 .expect("server builds");
             let base = format!("http://{}", app.local_addr());
-            let token = app.dev_token().to_string();
+            let (users, auth) = app.user_admin();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(app.run_until(async move {
                 let _ = stopped.await;
             }));
             Server {
                 base,
-                token,
+                jwt_secret,
+                config,
                 client: reqwest::Client::new(),
+                users,
+                auth,
                 stop: Some(stop),
                 task,
             }
+        }
+
+        /// Creates a user with `roles` (besides buyer) and a token for it, as
+        /// `boxoffice user add` and `POST /v1/auth/token` would.
+        pub async fn user(&self, roles: &[Role]) -> TestUser {
+            let email = format!("{}@example.test", uuid::Uuid::now_v7().simple());
+            let user = boxoffice_api::auth::create_user(
+                &self.users,
+                &self.auth,
+                &email,
+                "correct horse".into(),
+                None,
+                roles,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create user: {e:?}"));
+            let mut all = vec![Role::Buyer];
+            all.extend_from_slice(roles);
+            let token = self.auth.issue(&user.user_id, &all).expect("token");
+            TestUser {
+                user_id: user.user_id,
+                token,
+            }
+        }
+
+        /// A token signed by this server for any claims (for forged and expired tokens).
+        pub fn auth(&self) -> &Arc<Auth> {
+            &self.auth
         }
 
         pub fn req(
             &self,
             method: reqwest::Method,
             path: &str,
-            user: &str,
+            token: &str,
         ) -> reqwest::RequestBuilder {
             self.client
                 .request(method, format!("{}{path}", self.base))
-                .bearer_auth(&self.token)
-                .header("x-dev-user", user)
+                .bearer_auth(token)
         }
 
         pub async fn stop(mut self) {
-            let _ = self.stop.take().unwrap().send(());
-            self.task.await.unwrap().unwrap();
+            let _ = self.stop.take().expect("running").send(());
+            self.task.await.expect("server task").expect("server ran");
         }
     }
 }

@@ -48,8 +48,11 @@ async fn a_lost_database_gives_503_and_the_server_recovers() {
     let url = fresh_postgres_url(&admin_url).await;
     let database = url.rsplit_once('/').unwrap().1.to_string();
     let server = Server::start(&url).await;
-    let organizer = format!("usr_{}", uuid::Uuid::now_v7().simple());
-    let buyer = format!("usr_{}", uuid::Uuid::now_v7().simple());
+    let organizer = server
+        .user(&[boxoffice_api::auth::Role::Organizer])
+        .await
+        .token;
+    let buyer = server.user(&[]).await.token;
     use reqwest::Method as M;
 
     let show: Value = server

@@ -2,13 +2,10 @@
 //! (both backends), and a client creates a show, reads it and its seat map, holds seats
 //! in all three ways, reads and cancels the reservation, and gets problem+json errors.
 
+use boxoffice_api::auth::Role;
 use boxoffice_tests::backends;
 use boxoffice_tests::http::Server;
 use serde_json::{Value, json};
-
-fn user() -> String {
-    format!("usr_{}", uuid::Uuid::now_v7().simple())
-}
 
 fn show_body() -> Value {
     json!({
@@ -47,8 +44,12 @@ async fn problem(response: reqwest::Response, status: u16, code: &str) -> Value 
 async fn a_client_creates_a_show_holds_and_cancels_over_http() {
     for backend in backends().await {
         let server = Server::start(&backend.url).await;
-        let organizer = user();
-        let buyer = user();
+        let organizer = server.user(&[Role::Organizer]).await.token;
+        let buyer = server.user(&[]).await.token;
+        let mut others = Vec::new();
+        for _ in 0..5 {
+            others.push(server.user(&[]).await.token);
+        }
         use reqwest::Method as M;
 
         let health = server
@@ -159,7 +160,7 @@ async fn a_client_creates_a_show_holds_and_cancels_over_http() {
 
         // Taken seats are named; GA and best-available bodies work.
         let taken = server
-            .req(M::POST, &format!("/v1/shows/{show_id}/holds"), &user())
+            .req(M::POST, &format!("/v1/shows/{show_id}/holds"), &others[0])
             .json(&json!({"seats": ["101-A-2", "101-A-3"]}))
             .send()
             .await
@@ -167,7 +168,7 @@ async fn a_client_creates_a_show_holds_and_cancels_over_http() {
         let body = problem(taken, 409, "seats_unavailable").await;
         assert_eq!(body["unavailable"], json!(["101-A-2"]));
         let ga = server
-            .req(M::POST, &format!("/v1/shows/{show_id}/holds"), &user())
+            .req(M::POST, &format!("/v1/shows/{show_id}/holds"), &others[1])
             .json(&json!({"section": "floor", "quantity": 2}))
             .send()
             .await
@@ -177,14 +178,14 @@ async fn a_client_creates_a_show_holds_and_cancels_over_http() {
         assert_eq!(ga["section"], "floor");
         assert_eq!(ga["total"]["amount"], "120.00");
         let too_many = server
-            .req(M::POST, &format!("/v1/shows/{show_id}/holds"), &user())
+            .req(M::POST, &format!("/v1/shows/{show_id}/holds"), &others[2])
             .json(&json!({"section": "floor", "quantity": 4}))
             .send()
             .await
             .unwrap();
         problem(too_many, 409, "sold_out").await;
         let best = server
-            .req(M::POST, &format!("/v1/shows/{show_id}/holds"), &user())
+            .req(M::POST, &format!("/v1/shows/{show_id}/holds"), &others[3])
             .json(&json!({"section": "101", "quantity": 2, "best_available": true}))
             .send()
             .await
@@ -268,7 +269,7 @@ async fn a_client_creates_a_show_holds_and_cancels_over_http() {
             .unwrap();
         assert_eq!(read["seats"], json!(["101-A-1", "101-A-2"]));
         let other = server
-            .req(M::GET, &format!("/v1/reservations/{rsv}"), &user())
+            .req(M::GET, &format!("/v1/reservations/{rsv}"), &others[4])
             .send()
             .await
             .unwrap();
