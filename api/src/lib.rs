@@ -3,6 +3,7 @@
 //! it for real, and shuts down when the future it is given completes.
 
 pub mod auth;
+pub mod catalog;
 pub mod context;
 pub mod error;
 pub mod json;
@@ -216,6 +217,7 @@ impl Application {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(auth::router())
+        .merge(catalog::router())
         .merge(shows::router())
         .merge(reservations::router())
         .route("/healthz", get(healthz))
