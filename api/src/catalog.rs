@@ -48,7 +48,7 @@ fn encode_cursor(starts_at: DateTime<Utc>, show: ShowId) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, ShowId)> {
-    if cursor.len() % 2 != 0 || cursor.len() > 512 {
+    if !cursor.len().is_multiple_of(2) || cursor.len() > 512 {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..cursor.len())
@@ -128,7 +128,7 @@ async fn list_shows(
         }
         matches.push((key.0, key.1, views::show(&view.state, show, now)));
     }
-    matches.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    matches.sort_by_key(|m| (m.0, m.1));
     let more = matches.len() > limit;
     matches.truncate(limit);
     let next_cursor = if more {

@@ -6,11 +6,14 @@ pub mod auth;
 pub mod catalog;
 pub mod context;
 pub mod error;
+pub mod idempotency;
 pub mod json;
+pub mod metrics;
 pub mod reservations;
 pub mod seatmap;
 pub mod shows;
 pub mod state;
+pub mod stream;
 pub mod views;
 
 use std::future::Future;
@@ -158,14 +161,18 @@ impl Application {
             backend = store.backend(),
             "loaded"
         );
-        let users = Arc::new(UserDirectory::connect(&config.database_url).await?);
+        let tables = boxoffice_store::tables::TablePool::connect(&config.database_url).await?;
+        let users = Arc::new(UserDirectory::new(tables.clone()));
+        let idempotency = Arc::new(boxoffice_store::idempotency::IdempotencyKeys::new(tables));
         let auth = Arc::new(Auth::new(&config.jwt_secret()?)?);
         let state = AppState {
             engine,
             seatmaps,
             users,
             auth,
+            idempotency,
             ready: Arc::new(AtomicBool::new(false)),
+            metrics: metrics::Metrics::new(),
         };
         let listener = TcpListener::bind(config.bind).await?;
         Ok(Self {
@@ -191,10 +198,12 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let upkeep = tokio::spawn(self.state.metrics.clone().run_upkeep(stop_rx.clone()));
         let follower = tokio::spawn(Arc::clone(&self.state.seatmaps).follow(stop_rx));
         let state = self.state.clone();
         state.ready.store(true, Ordering::Release);
         let ready = Arc::clone(&state.ready);
+        let seatmaps = Arc::clone(&state.seatmaps);
         let app = router(state.clone());
         axum::serve(
             self.listener,
@@ -203,12 +212,16 @@ impl Application {
         .with_graceful_shutdown(async move {
             shutdown.await;
             ready.store(false, Ordering::Release);
+            // Open seat-map streams never finish by themselves; end them so that the
+            // graceful shutdown does not wait on them.
+            seatmaps.close_streams();
             tracing::info!("shutting down");
         })
         .await?;
         state.engine.shutdown().await;
         let _ = stop_tx.send(true);
         let _ = follower.await;
+        let _ = upkeep.await;
         drop(self.store);
         Ok(())
     }
@@ -222,9 +235,16 @@ pub fn router(state: AppState) -> Router {
         .merge(reservations::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::scrape))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .with_state(state.clone())
+        // Inside the request-id and timeout layers, so a replayed error names the
+        // request that got it and a stuck first request is cut off.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::layer,
+        ))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -232,6 +252,11 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .layer(middleware::from_fn(context::request_id_layer))
+        // Outermost, so the time and status include every layer (a timeout's 503 too).
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track_requests,
+        ))
 }
 
 async fn healthz() -> &'static str {

@@ -33,6 +33,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/shows", post(create_show))
         .route("/v1/shows/{show_id}", get(get_show))
         .route("/v1/shows/{show_id}/seatmap", get(get_seatmap))
+        .route(
+            "/v1/shows/{show_id}/seatmap/stream",
+            get(crate::stream::seatmap_stream),
+        )
         .route("/v1/shows/{show_id}/holds", post(create_hold))
 }
 

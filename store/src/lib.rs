@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 mod common;
+pub mod idempotency;
 pub mod postgres;
 pub mod sqlite;
+pub mod tables;
 pub mod users;
 
 /// Most events one `append` may carry; the engine's batches stay below it.

@@ -2,19 +2,11 @@
 //! event log (credentials must be changeable and erasable; events are neither). Opened
 //! from the same URL as the event store, whose connect applies the migrations.
 
-use std::str::FromStr;
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
+use crate::tables::{TablePool, unavailable};
 use crate::{StoreError, StoreResult};
-
-const POOL_CONNECTIONS_MAX: u32 = 4;
-const ACQUIRE_TIMEOUT_MS: u64 = 5_000;
-const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
@@ -36,17 +28,8 @@ pub enum UserError {
     Store(#[from] StoreError),
 }
 
-enum Pool {
-    Postgres(PgPool),
-    Sqlite(SqlitePool),
-}
-
 pub struct UserDirectory {
-    pool: Pool,
-}
-
-fn unavailable(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    pool: TablePool,
 }
 
 /// A unique violation of the email constraint, by SQLSTATE / extended code and name.
@@ -65,38 +48,17 @@ impl UserDirectory {
     /// Opens the directory of the store at `url` (the event store's connect has applied
     /// the migrations that create its table).
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = PgPoolOptions::new()
-                .max_connections(POOL_CONNECTIONS_MAX)
-                .acquire_timeout(Duration::from_millis(ACQUIRE_TIMEOUT_MS))
-                .connect(url)
-                .await
-                .map_err(unavailable)?;
-            Pool::Postgres(pool)
-        } else if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)
-                .map_err(|e| StoreError::Config(e.to_string()))?
-                .journal_mode(SqliteJournalMode::Wal)
-                .busy_timeout(Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS));
-            let pool = SqlitePoolOptions::new()
-                .max_connections(POOL_CONNECTIONS_MAX)
-                .acquire_timeout(Duration::from_millis(ACQUIRE_TIMEOUT_MS))
-                .connect_with(options)
-                .await
-                .map_err(unavailable)?;
-            Pool::Sqlite(pool)
-        } else {
-            return Err(StoreError::Config(format!(
-                "unsupported database URL scheme: {url}"
-            )));
-        };
-        Ok(Self { pool })
+        Ok(Self::new(TablePool::connect(url).await?))
+    }
+
+    pub fn new(pool: TablePool) -> Self {
+        Self { pool }
     }
 
     pub async fn create(&self, user: &UserRecord) -> Result<(), UserError> {
         let roles = user.roles.join(",");
         let result = match &self.pool {
-            Pool::Postgres(pool) => sqlx::query(
+            TablePool::Postgres(pool) => sqlx::query(
                 "INSERT INTO users (user_id, email, password_hash, display_name, roles, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(&user.user_id)
@@ -108,7 +70,7 @@ impl UserDirectory {
             .execute(pool)
             .await
             .map(|_| ()),
-            Pool::Sqlite(pool) => sqlx::query(
+            TablePool::Sqlite(pool) => sqlx::query(
                 "INSERT INTO users (user_id, email, password_hash, display_name, roles, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .bind(&user.user_id)
@@ -139,7 +101,7 @@ impl UserDirectory {
     async fn find(&self, column: &'static str, value: &str) -> StoreResult<Option<UserRecord>> {
         let columns = "user_id, email, password_hash, display_name, roles, created_at";
         let row = match &self.pool {
-            Pool::Postgres(pool) => {
+            TablePool::Postgres(pool) => {
                 let sql = format!("SELECT {columns} FROM users WHERE {column} = $1");
                 let row = sqlx::query(&sql)
                     .bind(value)
@@ -157,7 +119,7 @@ impl UserDirectory {
                     })
                 })
             }
-            Pool::Sqlite(pool) => {
+            TablePool::Sqlite(pool) => {
                 let sql = format!("SELECT {columns} FROM users WHERE {column} = ?1");
                 let row = sqlx::query(&sql)
                     .bind(value)
