@@ -180,6 +180,12 @@ impl From<EngineError> for ApiError {
             EngineError::ShowStopped(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "show_unavailable", detail)
             }
+            EngineError::TooLarge(events) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "command_too_large",
+                detail,
+            )
+            .with("events", events),
         }
     }
 }

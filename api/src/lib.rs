@@ -8,6 +8,7 @@ pub mod context;
 pub mod error;
 pub mod idempotency;
 pub mod json;
+pub mod limits;
 pub mod metrics;
 pub mod reservations;
 pub mod seatmap;
@@ -70,6 +71,12 @@ pub struct Config {
     /// A file holding the token secret.
     #[arg(long, env = "JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,
+    /// Requests per second one user may make (burst twice that); 0 turns it off.
+    #[arg(long, env = "RATE_LIMIT_PER_USER", default_value_t = 50)]
+    pub rate_limit_per_user: u32,
+    /// Requests per second one client IP may make (burst twice that); 0 turns it off.
+    #[arg(long, env = "RATE_LIMIT_PER_IP", default_value_t = 2_000)]
+    pub rate_limit_per_ip: u32,
 }
 
 impl Config {
@@ -81,6 +88,8 @@ impl Config {
             data_dir,
             jwt_secret: Some(format!("test-secret-{}", uuid::Uuid::new_v4().simple())),
             jwt_secret_file: None,
+            rate_limit_per_user: 50,
+            rate_limit_per_ip: 2_000,
         }
     }
 
@@ -171,6 +180,10 @@ impl Application {
             users,
             auth,
             idempotency,
+            limiters: limits::Limiters::new(limits::RateLimits {
+                per_user_per_second: config.rate_limit_per_user,
+                per_ip_per_second: config.rate_limit_per_ip,
+            }),
             ready: Arc::new(AtomicBool::new(false)),
             metrics: metrics::Metrics::new(),
         };
@@ -199,6 +212,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let upkeep = tokio::spawn(self.state.metrics.clone().run_upkeep(stop_rx.clone()));
+        let sweeper = tokio::spawn(Arc::clone(&self.state.limiters).sweep(stop_rx.clone()));
         let follower = tokio::spawn(Arc::clone(&self.state.seatmaps).follow(stop_rx));
         let state = self.state.clone();
         state.ready.store(true, Ordering::Release);
@@ -222,6 +236,7 @@ impl Application {
         let _ = stop_tx.send(true);
         let _ = follower.await;
         let _ = upkeep.await;
+        let _ = sweeper.await;
         drop(self.store);
         Ok(())
     }
@@ -245,6 +260,8 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             idempotency::layer,
         ))
+        // Outside idempotency: a limited request must not claim its key.
+        .layer(middleware::from_fn_with_state(state.clone(), limits::layer))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,

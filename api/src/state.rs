@@ -18,6 +18,7 @@ pub struct AppState {
     pub users: Arc<UserDirectory>,
     pub auth: Arc<Auth>,
     pub idempotency: Arc<IdempotencyKeys>,
+    pub limiters: Arc<crate::limits::Limiters>,
     /// True once the write side has loaded and the read model caught up; false again
     /// while shutting down.
     pub ready: Arc<AtomicBool>,

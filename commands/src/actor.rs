@@ -40,6 +40,10 @@ struct Pending {
     reply: Reply,
 }
 
+/// Most events one batch gathers: half the store's limit, so that the clock's own
+/// decisions (expiries, bounded by the batch size) always fit beside the commands'.
+pub(crate) const EVENTS_PER_APPEND_BUDGET: usize = boxoffice_store::APPEND_EVENTS_MAX / 2;
+
 /// Commands decided and applied to the state, waiting to be appended together.
 #[derive(Default)]
 struct Prepared {
@@ -69,8 +73,6 @@ enum Settled {
     Redo(Vec<Pending>),
     /// The store failed; its commands were answered 503 and the state reloads.
     Failed,
-    /// The show cannot go on.
-    Stop(String),
 }
 
 /// What deciding one command produced, before the append.
@@ -95,6 +97,9 @@ pub(crate) struct Actor {
     /// Whether sales were open at the last batch; when they open by the clock (or after
     /// a load) waiting entries get what is on sale first.
     sales_were_open: bool,
+    /// Commands taken from the mailbox that did not fit the batch they arrived in; they
+    /// go first into the next one.
+    deferred: Vec<Pending>,
 }
 
 /// Why a show could not be loaded.
@@ -115,6 +120,7 @@ impl Actor {
             position: 0,
             loaded: false,
             sales_were_open: false,
+            deferred: Vec::new(),
         }
     }
 
@@ -131,9 +137,25 @@ impl Actor {
         let mut next = Prepared::default();
         let mut reads: Vec<Read> = Vec::new();
         loop {
+            if !self.deferred.is_empty() && self.loaded && reads.is_empty() {
+                let deferred = std::mem::take(&mut self.deferred);
+                if in_flight.is_some() {
+                    if next.events.len() < EVENTS_PER_APPEND_BUDGET / 2 {
+                        self.decide_into(&mut next, deferred);
+                    } else {
+                        self.deferred = deferred;
+                    }
+                } else {
+                    let mut batch = Prepared::default();
+                    self.decide_into(&mut batch, deferred);
+                    in_flight = self.launch(batch);
+                    continue;
+                }
+            }
             if let Some(flight) = in_flight.as_mut() {
-                let gathering =
-                    reads.is_empty() && next.pending.len() < self.shared.config.batch_commands_max;
+                let gathering = reads.is_empty()
+                    && next.pending.len() < self.shared.config.batch_commands_max
+                    && next.events.len() < EVENTS_PER_APPEND_BUDGET / 2;
                 tokio::select! {
                     biased;
                     result = &mut flight.task => {
@@ -151,7 +173,8 @@ impl Actor {
                     }
                     message = self.mailbox.recv(), if gathering => match message {
                         Some(first) => {
-                            let (pending, new_reads) = self.gather(first);
+                            let room = self.shared.config.batch_commands_max.saturating_sub(next.pending.len()).max(1);
+                            let (pending, new_reads) = self.gather(first, room);
                             reads.extend(new_reads);
                             // A batch is in flight only on a loaded state (`launch` asserts it).
                             self.decide_into(&mut next, pending);
@@ -170,6 +193,7 @@ impl Actor {
                                 Ok(None) => {}
                                 Err(reason) => tracing::error!(show = %self.show, %reason, "show actor stopped"),
                             }
+                            self.finish_deferred().await;
                             for read in reads.drain(..) {
                                 self.answer_read(read);
                             }
@@ -186,12 +210,12 @@ impl Actor {
             let first = tokio::select! {
                 message = self.mailbox.recv() => match message {
                     Some(m) => Some(m),
-                    None => return,
+                    None => return self.finish_deferred().await,
                 },
                 () = sleep_or_forever(timer) => None,
             };
             let (pending, new_reads) = match first {
-                Some(first) => self.gather(first),
+                Some(first) => self.gather(first, self.shared.config.batch_commands_max),
                 None => (Vec::new(), Vec::new()),
             };
             if self.loaded && new_reads.is_empty() {
@@ -238,8 +262,22 @@ impl Actor {
         }
     }
 
+    /// Decides and appends the commands still deferred (when stopping), so each is
+    /// answered. Every round makes progress: a deferred command fits an empty batch.
+    async fn finish_deferred(&mut self) {
+        while !self.deferred.is_empty() {
+            let deferred = std::mem::take(&mut self.deferred);
+            if let Err(reason) = self.commit(deferred).await {
+                tracing::error!(show = %self.show, %reason, "show actor stopped");
+                for p in self.deferred.drain(..) {
+                    let _ = p.reply.send(Err(EngineError::ShowStopped(reason.clone())));
+                }
+            }
+        }
+    }
+
     /// Takes `first` and whatever else is waiting, up to the batch bound.
-    fn gather(&mut self, first: Message) -> (Vec<Pending>, Vec<Read>) {
+    fn gather(&mut self, first: Message, room: usize) -> (Vec<Pending>, Vec<Read>) {
         let mut pending = Vec::new();
         let mut reads = Vec::new();
         let mut message = Some(first);
@@ -256,7 +294,7 @@ impl Actor {
                 }),
                 Message::Query(read) => reads.push(read),
             }
-            message = if pending.len() < self.shared.config.batch_commands_max {
+            message = if pending.len() < room {
                 self.mailbox.try_recv().ok()
             } else {
                 None
@@ -422,19 +460,67 @@ impl Actor {
         );
         let now = self.shared.clock.now();
         let started = Instant::now();
-        for p in pending {
+        // What the clock decides comes first: holds already due expire (rule 4) and
+        // sales that have just opened go to the waitlist (rule 5) before any command of
+        // this batch can take those seats.
+        next.expired += self.decide_expiries(now, &mut next.events, &mut next.metas);
+        self.decide_sales_opening(now, &mut next.events, &mut next.metas);
+        let mut pending = pending.into_iter();
+        while let Some(p) = pending.next() {
             let target = target_reservation(&self.state, &p.command);
-            let result = self
-                .state
-                .decide(p.command.clone(), now)
-                .map(|decided_events| {
+            // `decide` and `apply` assert what must hold; a failed assertion is a bug,
+            // and it must not take the show's actor (and its timers) down with it.
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let decided = self.state.decide(p.command.clone(), now);
+                if let Ok(events) = &decided
+                    && next.events.len() + events.len() > EVENTS_PER_APPEND_BUDGET
+                {
+                    return Err(events.len());
+                }
+                Ok(decided.map(|decided_events| {
                     let n = decided_events.len();
                     for e in decided_events {
                         self.state.apply(&e);
                         next.events.push((e, next.metas.len()));
                     }
                     (n, target)
-                });
+                }))
+            }));
+            let result = match outcome {
+                Ok(Ok(result)) => result,
+                Ok(Err(size)) if size > EVENTS_PER_APPEND_BUDGET => {
+                    // Larger than any append may be: refused on its own.
+                    let _ = p.reply.send(Err(EngineError::TooLarge(size)));
+                    continue;
+                }
+                Ok(Err(_)) => {
+                    // It fits an append, just not this one: it and the commands after it
+                    // wait for the next batch, in order. Nothing of it was applied.
+                    self.deferred.push(p);
+                    self.deferred.extend(pending.by_ref());
+                    break;
+                }
+                Err(panic) => {
+                    let why = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    tracing::error!(show = %self.show, command = ?p.command, %why, "deciding a command panicked; reloading");
+                    // The state may be half-changed: everything decided on it is
+                    // answered 503 and the state reloads before the next batch.
+                    self.loaded = false;
+                    let error = EngineError::Unavailable(format!("internal error: {why}"));
+                    for q in std::iter::once(p)
+                        .chain(pending.by_ref())
+                        .chain(next.pending.drain(..))
+                    {
+                        let _ = q.reply.send(Err(error.clone()));
+                    }
+                    *next = Prepared::default();
+                    break;
+                }
+            };
             let view = match &result {
                 Ok((_, Some(id))) => self.state.reservation(*id).cloned(),
                 _ => None,
@@ -453,10 +539,15 @@ impl Actor {
     /// append in its own task, or answers at once if it wrote nothing. Only called when
     /// nothing else is in flight, so the batch's expected versions are the store's.
     fn launch(&mut self, mut next: Prepared) -> Option<InFlight> {
-        assert!(
-            self.loaded,
-            "launching on a state that may differ from the store"
-        );
+        if !self.loaded {
+            // A decision panicked and the state is reloading: nothing here is appended.
+            for p in next.pending.drain(..) {
+                let _ = p.reply.send(Err(EngineError::Unavailable(
+                    "the show is reloading".into(),
+                )));
+            }
+            return None;
+        }
         let now = self.shared.clock.now();
         let started = Instant::now();
         next.expired = self.decide_expiries(now, &mut next.events, &mut next.metas);
@@ -562,19 +653,19 @@ impl Actor {
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(show = %self.show, error = %e, "append failed");
                 self.loaded = false;
+                // An append the store refuses as malformed is a bug here, but it must not
+                // take the show down: its commands fail, the state reloads, timers go on.
                 let error = match e {
-                    StoreError::InvalidAppend(reason) => EngineError::ShowStopped(format!(
-                        "engine built an invalid append: {reason}"
-                    )),
+                    StoreError::InvalidAppend(reason) => {
+                        tracing::error!(show = %self.show, %reason, "the store refused an append as invalid");
+                        EngineError::Unavailable(format!("the append was refused: {reason}"))
+                    }
                     other => EngineError::Unavailable(other.to_string()),
                 };
                 for p in prepared.pending.drain(..) {
                     let _ = p.reply.send(Err(error.clone()));
                 }
-                match error {
-                    EngineError::ShowStopped(reason) => Settled::Stop(reason),
-                    _ => Settled::Failed,
-                }
+                Settled::Failed
             }
         }
     }
@@ -599,12 +690,6 @@ impl Actor {
                 // Anything decided on top of the failed batch is decided again, after a reload.
                 let redo = after.map(|p| p.pending).unwrap_or_default();
                 self.commit(redo).await.map(|()| None)
-            }
-            Settled::Stop(reason) => {
-                for p in after.map(|p| p.pending).unwrap_or_default() {
-                    let _ = p.reply.send(Err(EngineError::ShowStopped(reason.clone())));
-                }
-                Err(reason)
             }
         }
     }
@@ -639,7 +724,6 @@ impl Actor {
             let result = (&mut flight.task).await;
             match self.finalize(flight, result) {
                 Settled::Committed | Settled::Failed => return Ok(()),
-                Settled::Stop(reason) => return Err(reason),
                 Settled::Redo(redo) => {
                     conflicts += 1;
                     if conflicts > self.shared.config.conflict_retries_max {
@@ -710,6 +794,11 @@ impl Actor {
         });
         let mut expired = 0;
         for reservation_id in due {
+            // Bounded by events too (a hold's release can carry waitlist offers); what
+            // does not fit expires in the next batch, a moment later.
+            if events.len() >= EVENTS_PER_APPEND_BUDGET / 2 {
+                break;
+            }
             match self.state.decide(Command::Expire { reservation_id }, now) {
                 Ok(decided) => {
                     for e in decided {

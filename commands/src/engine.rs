@@ -42,9 +42,11 @@ impl Default for EngineConfig {
     }
 }
 
+// A batch gathers at most half an append's events (see `EVENTS_PER_APPEND_BUDGET`), and
+// one decision larger than that is refused on its own (`EngineError::TooLarge`).
 const _: () = assert!(
-    boxoffice_store::APPEND_EVENTS_MAX >= 2_048 * 25,
-    "a full batch of the largest decisions fits one append"
+    boxoffice_store::APPEND_EVENTS_MAX >= 4 * 1_000,
+    "a block of the most seats fits"
 );
 
 /// Who sent a command and why: copied into every event's metadata.
@@ -91,6 +93,9 @@ pub enum EngineError {
     ShowStopped(String),
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// One decision would write more events ({0}) than one append may carry.
+    #[error("the command would write {0} events, more than one append may carry")]
+    TooLarge(usize),
 }
 
 /// Counters for benchmarks and metrics.
@@ -266,7 +271,9 @@ impl Engine {
         let mut message = message;
         // An actor may have just stopped (its show did not exist); one retry spawns a new one.
         for _ in 0..2 {
-            let mailbox = self.mailbox(show);
+            let Some(mailbox) = self.mailbox(show) else {
+                return Err(EngineError::ShuttingDown);
+            };
             match mailbox.try_send(message) {
                 Ok(()) => return Ok(()),
                 Err(mpsc::error::TrySendError::Full(_)) => return Err(EngineError::Overloaded),
@@ -284,12 +291,17 @@ impl Engine {
         ))
     }
 
-    fn mailbox(&self, show: ShowId) -> mpsc::Sender<Message> {
+    /// The show's mailbox, spawning its actor if none runs; `None` once shutting down
+    /// (checked under the lock that `shutdown` drains, so no actor starts untracked).
+    fn mailbox(&self, show: ShowId) -> Option<mpsc::Sender<Message>> {
         let mut actors = self.actors.lock().expect("actors lock");
+        if self.shutting_down.load(Ordering::Acquire) {
+            return None;
+        }
         if let Some(handle) = actors.get(&show)
             && !handle.mailbox.is_closed()
         {
-            return handle.mailbox.clone();
+            return Some(handle.mailbox.clone());
         }
         let (tx, rx) = mpsc::channel(self.shared.config.mailbox_capacity);
         let actor = Actor::new(show, Arc::clone(&self.shared), rx);
@@ -301,7 +313,7 @@ impl Engine {
                 task,
             },
         );
-        tx
+        Some(tx)
     }
 
     /// Stops taking commands, lets every actor finish the batch it is in, and waits.

@@ -326,7 +326,11 @@ pub mod http {
         pub async fn start(url: &str) -> Server {
             let dir = std::env::temp_dir()
                 .join(format!("boxoffice-http-{}", uuid::Uuid::new_v4().simple()));
-            let config = Config::for_tests(url.to_string(), dir);
+            Self::start_with(Config::for_tests(url.to_string(), dir)).await
+        }
+
+        /// Starts a server with a configuration of the test's own.
+        pub async fn start_with(config: Config) -> Server {
             let jwt_secret = config.jwt_secret.clone().expect("tests use a fixed secret");
             let app = Application::build(config.clone())
                 .await
