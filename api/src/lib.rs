@@ -9,6 +9,7 @@ pub mod error;
 pub mod idempotency;
 pub mod json;
 pub mod limits;
+pub mod manage;
 pub mod metrics;
 pub mod reservations;
 pub mod seatmap;
@@ -247,6 +248,7 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::router())
         .merge(catalog::router())
         .merge(shows::router())
+        .merge(manage::router())
         .merge(reservations::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
