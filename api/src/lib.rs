@@ -17,6 +17,7 @@ pub mod shows;
 pub mod state;
 pub mod stream;
 pub mod views;
+pub mod waitlist;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -249,6 +250,7 @@ pub fn router(state: AppState) -> Router {
         .merge(catalog::router())
         .merge(shows::router())
         .merge(manage::router())
+        .merge(waitlist::router())
         .merge(reservations::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

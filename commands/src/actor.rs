@@ -52,8 +52,9 @@ struct Prepared {
     /// Events decided, with the index of the command (its metadata) that caused each.
     events: Vec<(DomainEvent, usize)>,
     metas: Vec<CommandMeta>,
-    /// Reservations placed by the batch, indexed once it commits.
-    placed: Vec<ReservationId>,
+    /// Reservations placed and waitlist entries joined by the batch, indexed once it
+    /// commits.
+    placed: Vec<Uuid>,
     expired: u64,
 }
 
@@ -402,14 +403,8 @@ impl Actor {
                     )));
                 }
                 *version = recorded.version;
-                if let DomainEvent::Reservation(
-                    boxoffice_domain::reservation::ReservationEvent::ReservationPlaced {
-                        reservation_id,
-                        ..
-                    },
-                ) = &event
-                {
-                    placed.push(*reservation_id);
+                if let Some(id) = indexed_id(&event) {
+                    placed.push(id);
                 }
                 // `apply` asserts that each event fits the state; one that does not means
                 // the log breaks a rule, and the show stops with its position named.
@@ -441,7 +436,7 @@ impl Actor {
         Ok(())
     }
 
-    fn index_reservations(&self, ids: &[ReservationId]) {
+    fn index_reservations(&self, ids: &[Uuid]) {
         if ids.is_empty() {
             return;
         }
@@ -574,13 +569,7 @@ impl Actor {
         next.placed = next
             .events
             .iter()
-            .filter_map(|(e, _)| match e {
-                DomainEvent::Reservation(ReservationEvent::ReservationPlaced {
-                    reservation_id,
-                    ..
-                }) => Some(*reservation_id),
-                _ => None,
-            })
+            .filter_map(|(e, _)| indexed_id(e))
             .collect();
         next.events = Vec::new();
         next.metas = Vec::new();
@@ -882,6 +871,21 @@ async fn sleep_or_forever(wait: Option<StdDuration>) {
     match wait {
         Some(wait) => tokio::time::sleep(wait).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The id under which an event's new object (a reservation, a waitlist entry) is
+/// found by id alone.
+fn indexed_id(event: &DomainEvent) -> Option<Uuid> {
+    match event {
+        DomainEvent::Reservation(ReservationEvent::ReservationPlaced {
+            reservation_id, ..
+        }) => Some(reservation_id.0),
+        DomainEvent::Waitlist(boxoffice_domain::waitlist::WaitlistEvent::WaitlistJoined {
+            entry_id,
+            ..
+        }) => Some(entry_id.0),
+        _ => None,
     }
 }
 

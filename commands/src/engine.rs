@@ -132,7 +132,8 @@ pub(crate) struct Shared {
     pub config: EngineConfig,
     pub stats: EngineStats,
     /// Which show each known reservation belongs to, for lookups by reservation id.
-    pub reservation_shows: RwLock<HashMap<ReservationId, ShowId>>,
+    /// Which show each known reservation and waitlist entry (by UUID) belongs to.
+    pub reservation_shows: RwLock<HashMap<Uuid, ShowId>>,
 }
 
 /// The write engine. Cheap to share behind an `Arc`.
@@ -255,7 +256,17 @@ impl Engine {
             .reservation_shows
             .read()
             .expect("index lock")
-            .get(&reservation)
+            .get(&reservation.0)
+            .copied()
+    }
+
+    /// The show a waitlist entry belongs to, if this engine has seen it.
+    pub fn show_of_entry(&self, entry: boxoffice_domain::EntryId) -> Option<ShowId> {
+        self.shared
+            .reservation_shows
+            .read()
+            .expect("index lock")
+            .get(&entry.0)
             .copied()
     }
 
