@@ -63,7 +63,7 @@ pub struct Config {
         default_value = "sqlite://data/boxoffice.db"
     )]
     pub database_url: String,
-    /// Directory for local state (the SQLite file by default, the generated dev token).
+    /// Directory for local state (the SQLite file by default, a generated token secret).
     #[arg(long, env = "DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
     /// Secret for signing access tokens (at least 32 bytes). If unset, it is read from
