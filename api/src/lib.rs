@@ -215,6 +215,10 @@ impl Application {
         let (stop_tx, stop_rx) = watch::channel(false);
         let upkeep = tokio::spawn(self.state.metrics.clone().run_upkeep(stop_rx.clone()));
         let sweeper = tokio::spawn(Arc::clone(&self.state.limiters).sweep(stop_rx.clone()));
+        let purger = tokio::spawn(purge_idempotency_keys(
+            Arc::clone(&self.state.idempotency),
+            stop_rx.clone(),
+        ));
         let follower = tokio::spawn(Arc::clone(&self.state.seatmaps).follow(stop_rx));
         let state = self.state.clone();
         state.ready.store(true, Ordering::Release);
@@ -239,6 +243,7 @@ impl Application {
         let _ = follower.await;
         let _ = upkeep.await;
         let _ = sweeper.await;
+        let _ = purger.await;
         drop(self.store);
         Ok(())
     }
@@ -278,6 +283,28 @@ pub fn router(state: AppState) -> Router {
             state.metrics.clone(),
             metrics::track_requests,
         ))
+}
+
+/// How often idempotency keys past their time are deleted.
+const IDEMPOTENCY_PURGE_INTERVAL_MS: u64 = 60 * 60 * 1000;
+
+/// Deletes idempotency keys older than twice their promised lifetime, now and hourly.
+async fn purge_idempotency_keys(
+    keys: Arc<boxoffice_store::idempotency::IdempotencyKeys>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let before = chrono::Utc::now() - chrono::Duration::hours(2 * idempotency::KEY_TTL_HOURS);
+        match keys.purge(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "old idempotency keys deleted"),
+            Err(e) => tracing::warn!(error = %e, "could not purge idempotency keys"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(IDEMPOTENCY_PURGE_INTERVAL_MS)) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 async fn healthz() -> &'static str {

@@ -1,0 +1,103 @@
+//! The idempotency-key table on both backends: claim, in flight, mismatch, replay,
+//! takeover of an abandoned claim, expiry and purge.
+
+use boxoffice_store::idempotency::{Claim, IdempotencyKeys};
+use boxoffice_store::tables::TablePool;
+use boxoffice_tests::{backends, open};
+use chrono::{Duration, Utc};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_follow_stripes_semantics() {
+    for backend in backends().await {
+        // Opening the event store applies the migrations.
+        let _store = open(&backend.url).await;
+        let keys = IdempotencyKeys::new(TablePool::connect(&backend.url).await.unwrap());
+        let now = Utc::now();
+        let (abandoned, ttl) = (Duration::seconds(120), Duration::hours(24));
+        let claim = |fp: &'static str, at| keys.claim("usr_a", "k1", fp, at, abandoned, ttl);
+
+        assert_eq!(
+            claim("fp1", now).await.unwrap(),
+            Claim::Started,
+            "{}",
+            backend.name
+        );
+        assert_eq!(claim("fp1", now).await.unwrap(), Claim::InFlight);
+        assert_eq!(claim("fp2", now).await.unwrap(), Claim::Mismatch);
+        // Keys are per user.
+        assert_eq!(
+            keys.claim("usr_b", "k1", "fp2", now, abandoned, ttl)
+                .await
+                .unwrap(),
+            Claim::Started
+        );
+
+        keys.complete("usr_a", "k1", 201, b"{\"ok\":true}", Some("/v1/x"))
+            .await
+            .unwrap();
+        assert_eq!(
+            claim("fp1", now + Duration::hours(23)).await.unwrap(),
+            Claim::Replay {
+                status: 201,
+                body: b"{\"ok\":true}".to_vec(),
+                location: Some("/v1/x".into())
+            }
+        );
+        // After the key's lifetime it is forgotten and can start anew.
+        assert_eq!(
+            claim("fp2", now + Duration::hours(25)).await.unwrap(),
+            Claim::Started
+        );
+
+        // A claim left unanswered (its process died) is taken over after a while...
+        assert_eq!(
+            keys.claim("usr_a", "k2", "fp", now, abandoned, ttl)
+                .await
+                .unwrap(),
+            Claim::Started
+        );
+        assert_eq!(
+            keys.claim(
+                "usr_a",
+                "k2",
+                "fp",
+                now + Duration::seconds(60),
+                abandoned,
+                ttl
+            )
+            .await
+            .unwrap(),
+            Claim::InFlight
+        );
+        assert_eq!(
+            keys.claim(
+                "usr_a",
+                "k2",
+                "fp",
+                now + Duration::seconds(200),
+                abandoned,
+                ttl
+            )
+            .await
+            .unwrap(),
+            Claim::Started
+        );
+        // ...and one released after a server error can be used again at once.
+        keys.release("usr_a", "k2").await.unwrap();
+        assert_eq!(
+            keys.claim("usr_a", "k2", "other", now, abandoned, ttl)
+                .await
+                .unwrap(),
+            Claim::Started
+        );
+
+        let purged = keys.purge(now + Duration::days(3)).await.unwrap();
+        assert!(purged >= 3, "{}: purged {purged}", backend.name);
+        assert_eq!(
+            keys.claim("usr_b", "k1", "fp3", now, abandoned, ttl)
+                .await
+                .unwrap(),
+            Claim::Started
+        );
+    }
+}
