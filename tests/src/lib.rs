@@ -295,6 +295,42 @@ pub fn check_log(show: ShowId, log: &[RecordedEvent]) -> Result<(LogReport, Show
     Ok((report, state))
 }
 
+/// Show bodies for `POST /v1/shows`.
+pub mod fixtures {
+    use serde_json::{Value, json};
+
+    /// The contract's example show: section 101 (rows A and B of 30, tiers A 120.00 and
+    /// B 60.00) and a GA floor of 5 places at tier B.
+    pub fn contract_show() -> Value {
+        json!({
+            "name": "Night 1",
+            "venue": {"name": "Arena", "city": "Lisbon", "country": "PT", "timezone": "Europe/Lisbon"},
+            "starts_at": "2030-05-01T20:00:00Z",
+            "currency": "EUR",
+            "limits": {"max_tickets_per_user": 8},
+            "price_tiers": [{"id": "A", "name": "Front", "price": "120.00"}, {"id": "B", "name": "Back", "price": "60.00"}],
+            "sections": [
+                {"id": "101", "name": "Section 101", "kind": "seated",
+                 "rows": [{"row": "A", "seats": 30, "tier": "A"}, {"row": "B", "seats": 30, "tier": "B"}]},
+                {"id": "floor", "name": "Floor", "kind": "general_admission", "capacity": 5, "tier": "B"}
+            ]
+        })
+    }
+
+    /// A small show: one section `1` with one row `A` of `seats` seats (ids `1-A-n`),
+    /// all at `price`.
+    pub fn one_row_show(name: &str, seats: u32, price: &str) -> Value {
+        json!({
+            "name": name,
+            "venue": {"name": "Arena", "city": "Lisbon", "country": "PT", "timezone": "Europe/Lisbon"},
+            "starts_at": "2030-05-01T20:00:00Z",
+            "currency": "EUR",
+            "price_tiers": [{"id": "A", "name": "All", "price": price}],
+            "sections": [{"id": "1", "name": "One", "kind": "seated", "rows": [{"row": "A", "seats": seats, "tier": "A"}]}]
+        })
+    }
+}
+
 /// The real server on port 0, for HTTP suites.
 pub mod http {
     use std::sync::Arc;

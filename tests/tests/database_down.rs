@@ -10,17 +10,6 @@ use boxoffice_tests::{check_log, fresh_postgres_url, open, partition};
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-fn show_body() -> Value {
-    json!({
-        "name": "Outage night",
-        "venue": {"name": "Arena", "city": "Lisbon", "country": "PT", "timezone": "Europe/Lisbon"},
-        "starts_at": "2030-05-01T20:00:00Z",
-        "currency": "EUR",
-        "price_tiers": [{"id": "A", "name": "All", "price": "10.00"}],
-        "sections": [{"id": "1", "name": "One", "kind": "seated", "rows": [{"row": "A", "seats": 50, "tier": "A"}]}]
-    })
-}
-
 /// Refuses new connections to the database and cuts the open ones (or lets them back).
 async fn set_reachable(admin_url: &str, database: &str, reachable: bool) {
     let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
@@ -57,7 +46,11 @@ async fn a_lost_database_gives_503_and_the_server_recovers() {
 
     let show: Value = server
         .req(M::POST, "/v1/shows", &organizer)
-        .json(&show_body())
+        .json(&boxoffice_tests::fixtures::one_row_show(
+            "Outage night",
+            50,
+            "10.00",
+        ))
         .send()
         .await
         .unwrap()

@@ -7,22 +7,6 @@ use boxoffice_tests::backends;
 use boxoffice_tests::http::Server;
 use serde_json::{Value, json};
 
-fn show_body() -> Value {
-    json!({
-        "name": "Night 1",
-        "venue": {"name": "Arena", "city": "Lisbon", "country": "PT", "timezone": "Europe/Lisbon"},
-        "starts_at": "2030-05-01T20:00:00Z",
-        "currency": "EUR",
-        "limits": {"max_tickets_per_user": 8},
-        "price_tiers": [{"id": "A", "name": "Front", "price": "120.00"}, {"id": "B", "name": "Back", "price": "60.00"}],
-        "sections": [
-            {"id": "101", "name": "Section 101", "kind": "seated",
-             "rows": [{"row": "A", "seats": 30, "tier": "A"}, {"row": "B", "seats": 30, "tier": "B"}]},
-            {"id": "floor", "name": "Floor", "kind": "general_admission", "capacity": 5, "tier": "B"}
-        ]
-    })
-}
-
 async fn problem(response: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(response.status().as_u16(), status);
     assert_eq!(
@@ -72,7 +56,7 @@ async fn a_client_creates_a_show_holds_and_cancels_over_http() {
 
         let created = server
             .req(M::POST, "/v1/shows", &organizer)
-            .json(&show_body())
+            .json(&boxoffice_tests::fixtures::contract_show())
             .send()
             .await
             .unwrap();
@@ -228,7 +212,7 @@ async fn a_client_creates_a_show_holds_and_cancels_over_http() {
             .await
             .unwrap();
         problem(no_show, 404, "show_not_found").await;
-        let mut bad_show = show_body();
+        let mut bad_show = boxoffice_tests::fixtures::contract_show();
         bad_show["price_tiers"][0]["price"] = json!("-1.00");
         bad_show["sections"][0]["rows"][0]["tier"] = json!("Z");
         let rejected = server
@@ -252,7 +236,7 @@ async fn a_client_creates_a_show_holds_and_cancels_over_http() {
         let unauthenticated = server
             .client
             .post(format!("{}/v1/shows", server.base))
-            .json(&show_body())
+            .json(&boxoffice_tests::fixtures::contract_show())
             .send()
             .await
             .unwrap();

@@ -8,17 +8,6 @@ use jsonwebtoken::{EncodingKey, Header};
 use reqwest::Method as M;
 use serde_json::{Value, json};
 
-fn show_body() -> Value {
-    json!({
-        "name": "Auth night",
-        "venue": {"name": "Arena", "city": "Porto", "country": "PT", "timezone": "Europe/Lisbon"},
-        "starts_at": "2030-05-01T20:00:00Z",
-        "currency": "EUR",
-        "price_tiers": [{"id": "A", "name": "All", "price": "10.00"}],
-        "sections": [{"id": "1", "name": "One", "kind": "seated", "rows": [{"row": "A", "seats": 20, "tier": "A"}]}]
-    })
-}
-
 async fn code(response: reqwest::Response) -> (u16, String, Value) {
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap_or(Value::Null);
@@ -118,7 +107,11 @@ async fn registration_tokens_roles_and_ownership() {
         let (status, c, _) = code(
             server
                 .req(M::POST, "/v1/shows", &buyer)
-                .json(&show_body())
+                .json(&boxoffice_tests::fixtures::one_row_show(
+                    "Auth night",
+                    20,
+                    "10.00",
+                ))
                 .send()
                 .await
                 .unwrap(),
@@ -128,7 +121,11 @@ async fn registration_tokens_roles_and_ownership() {
         let organizer = server.user(&[Role::Organizer]).await;
         let show: Value = server
             .req(M::POST, "/v1/shows", &organizer.token)
-            .json(&show_body())
+            .json(&boxoffice_tests::fixtures::one_row_show(
+                "Auth night",
+                20,
+                "10.00",
+            ))
             .send()
             .await
             .unwrap()
@@ -275,7 +272,15 @@ async fn registration_tokens_roles_and_ownership() {
             ),
         ];
         let routes: Vec<(M, String, Option<Value>)> = vec![
-            (M::POST, "/v1/shows".to_string(), Some(show_body())),
+            (
+                M::POST,
+                "/v1/shows".to_string(),
+                Some(boxoffice_tests::fixtures::one_row_show(
+                    "Auth night",
+                    20,
+                    "10.00",
+                )),
+            ),
             (M::POST, holds.clone(), Some(json!({"seats": ["1-A-2"]}))),
             (M::GET, reservation.clone(), None),
             (M::DELETE, reservation.clone(), None),
@@ -348,7 +353,11 @@ async fn registration_tokens_roles_and_ownership() {
                 "/v1/shows",
                 staff_token["access_token"].as_str().unwrap(),
             )
-            .json(&show_body())
+            .json(&boxoffice_tests::fixtures::one_row_show(
+                "Auth night",
+                20,
+                "10.00",
+            ))
             .send()
             .await
             .unwrap();

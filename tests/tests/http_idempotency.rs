@@ -10,17 +10,6 @@ use boxoffice_tests::{backends, open, partition};
 use reqwest::Method as M;
 use serde_json::{Value, json};
 
-fn show_body() -> Value {
-    json!({
-        "name": "Idempotent night",
-        "venue": {"name": "Arena", "city": "Braga", "country": "PT", "timezone": "Europe/Lisbon"},
-        "starts_at": "2030-05-01T20:00:00Z",
-        "currency": "EUR",
-        "price_tiers": [{"id": "A", "name": "All", "price": "10.00"}],
-        "sections": [{"id": "1", "name": "One", "kind": "seated", "rows": [{"row": "A", "seats": 20, "tier": "A"}]}]
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_key_one_effect_one_answer() {
     for backend in backends().await {
@@ -33,7 +22,11 @@ async fn one_key_one_effect_one_answer() {
             server
                 .req(M::POST, "/v1/shows", &organizer)
                 .header("idempotency-key", "show-1")
-                .json(&show_body())
+                .json(&boxoffice_tests::fixtures::one_row_show(
+                    "Idempotent night",
+                    20,
+                    "10.00",
+                ))
         };
         let first = create().send().await.unwrap();
         assert_eq!(first.status(), 201);

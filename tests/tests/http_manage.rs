@@ -7,17 +7,6 @@ use boxoffice_tests::http::Server;
 use reqwest::Method as M;
 use serde_json::{Value, json};
 
-fn show_body() -> Value {
-    json!({
-        "name": "Managed night",
-        "venue": {"name": "Arena", "city": "Faro", "country": "PT", "timezone": "Europe/Lisbon"},
-        "starts_at": "2030-05-01T20:00:00Z",
-        "currency": "EUR",
-        "price_tiers": [{"id": "A", "name": "Front", "price": "50.00"}],
-        "sections": [{"id": "1", "name": "One", "kind": "seated", "rows": [{"row": "A", "seats": 6, "tier": "A"}]}]
-    })
-}
-
 async fn status_code(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap_or(Value::Null);
@@ -37,7 +26,11 @@ async fn organizers_manage_their_own_shows() {
         let buyer = server.user(&[]).await.token;
         let show: Value = server
             .req(M::POST, "/v1/shows", &owner)
-            .json(&show_body())
+            .json(&boxoffice_tests::fixtures::one_row_show(
+                "Managed night",
+                6,
+                "50.00",
+            ))
             .send()
             .await
             .unwrap()

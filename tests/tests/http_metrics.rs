@@ -11,21 +11,6 @@ use serde_json::{Value, json};
 
 const HOLDS_ROUTE: &str = r#"route="/v1/shows/{show_id}/holds""#;
 
-fn show_body() -> Value {
-    json!({
-        "name": "Night 1",
-        "venue": {"name": "Arena", "city": "Lisbon", "country": "PT", "timezone": "Europe/Lisbon"},
-        "starts_at": "2030-05-01T20:00:00Z",
-        "currency": "EUR",
-        "limits": {"max_tickets_per_user": 8},
-        "price_tiers": [{"id": "A", "name": "Front", "price": "120.00"}],
-        "sections": [
-            {"id": "101", "name": "Section 101", "kind": "seated",
-             "rows": [{"row": "A", "seats": 10, "tier": "A"}]}
-        ]
-    })
-}
-
 /// Scrapes `/metrics` without a token and checks the response is the text format.
 async fn scrape(server: &Server) -> String {
     let response = server
@@ -73,7 +58,7 @@ async fn metrics_count_requests_by_route_and_publish_the_engine() {
 
         let created = server
             .req(M::POST, "/v1/shows", &organizer)
-            .json(&show_body())
+            .json(&boxoffice_tests::fixtures::contract_show())
             .send()
             .await
             .unwrap();

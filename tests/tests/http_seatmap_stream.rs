@@ -28,22 +28,6 @@ const EVENT_WAIT_MS_MAX: u64 = 5_000;
 /// Longest the server may take to shut down with streams open.
 const SHUTDOWN_WAIT_MS_MAX: u64 = 10_000;
 
-fn show_body() -> Value {
-    json!({
-        "name": "Night 1",
-        "venue": {"name": "Arena", "city": "Lisbon", "country": "PT", "timezone": "Europe/Lisbon"},
-        "starts_at": "2030-05-01T20:00:00Z",
-        "currency": "EUR",
-        "limits": {"max_tickets_per_user": 8},
-        "price_tiers": [{"id": "A", "name": "Front", "price": "120.00"}, {"id": "B", "name": "Back", "price": "60.00"}],
-        "sections": [
-            {"id": "101", "name": "Section 101", "kind": "seated",
-             "rows": [{"row": "A", "seats": 30, "tier": "A"}, {"row": "B", "seats": 30, "tier": "B"}]},
-            {"id": "floor", "name": "Floor", "kind": "general_admission", "capacity": 5, "tier": "B"}
-        ]
-    })
-}
-
 /// One server-sent event.
 #[derive(Debug)]
 struct SseEvent {
@@ -275,7 +259,7 @@ async fn the_seat_map_stream_follows_holds_and_cancels() {
 
         let created = server
             .req(M::POST, "/v1/shows", &organizer)
-            .json(&show_body())
+            .json(&boxoffice_tests::fixtures::contract_show())
             .send()
             .await
             .unwrap();

@@ -7,17 +7,6 @@ use boxoffice_tests::http::Server;
 use reqwest::Method as M;
 use serde_json::{Value, json};
 
-fn show_body() -> Value {
-    json!({
-        "name": "Tiny room",
-        "venue": {"name": "Cellar", "city": "Coimbra", "country": "PT", "timezone": "Europe/Lisbon"},
-        "starts_at": "2030-05-01T20:00:00Z",
-        "currency": "EUR",
-        "price_tiers": [{"id": "A", "name": "All", "price": "15.00"}],
-        "sections": [{"id": "1", "name": "One", "kind": "seated", "rows": [{"row": "A", "seats": 2, "tier": "A"}]}]
-    })
-}
-
 async fn json_of(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
@@ -35,7 +24,11 @@ async fn released_seats_are_offered_to_the_line_in_order() {
         );
         let show: Value = server
             .req(M::POST, "/v1/shows", &organizer)
-            .json(&show_body())
+            .json(&boxoffice_tests::fixtures::one_row_show(
+                "Tiny room",
+                2,
+                "15.00",
+            ))
             .send()
             .await
             .unwrap()
