@@ -250,6 +250,7 @@ impl SeatMaps {
         };
         // Filled only for shows somebody follows; an empty map does not allocate.
         let mut followed: HashMap<ShowId, PageChanges> = HashMap::new();
+        let mut views: HashMap<ShowId, Arc<RwLock<ShowView>>> = HashMap::new();
         for recorded in &page {
             assert!(recorded.position > after, "the log went backwards");
             let Ok(show_id) = recorded.partition_key.parse::<ShowId>() else {
@@ -285,13 +286,28 @@ impl SeatMaps {
                     continue;
                 }
             };
-            let view = {
-                let mut shows = self.shows.write().expect("shows lock");
-                Arc::clone(
-                    shows
-                        .entry(show_id)
-                        .or_insert_with(|| Arc::new(RwLock::new(ShowView::new(show_id)))),
-                )
+            // Looked up once per show per page, and under the shared map's write lock
+            // only when the show is new, so readers of other shows are not held up.
+            let view = match views.get(&show_id) {
+                Some(view) => Arc::clone(view),
+                None => {
+                    let found = self
+                        .shows
+                        .read()
+                        .expect("shows lock")
+                        .get(&show_id)
+                        .cloned();
+                    let view = found.unwrap_or_else(|| {
+                        let mut shows = self.shows.write().expect("shows lock");
+                        Arc::clone(
+                            shows
+                                .entry(show_id)
+                                .or_insert_with(|| Arc::new(RwLock::new(ShowView::new(show_id)))),
+                        )
+                    });
+                    views.insert(show_id, Arc::clone(&view));
+                    view
+                }
             };
             let mut view = view.write().expect("show lock");
             // Asked under the write lock: a follower that subscribes after this reads
