@@ -427,7 +427,7 @@ impl Actor {
         state
             .check_invariants()
             .map_err(|e| LoadError::Corrupt(format!("loaded state breaks an invariant: {e}")))?;
-        self.index_reservations(&placed);
+        self.index_objects(&placed);
         self.state = state;
         self.versions = versions;
         self.position = position;
@@ -436,11 +436,11 @@ impl Actor {
         Ok(())
     }
 
-    fn index_reservations(&self, ids: &[Uuid]) {
+    fn index_objects(&self, ids: &[Uuid]) {
         if ids.is_empty() {
             return;
         }
-        let mut index = self.shared.reservation_shows.write().expect("index lock");
+        let mut index = self.shared.object_shows.write().expect("index lock");
         for id in ids {
             index.insert(*id, self.show);
         }
@@ -608,7 +608,7 @@ impl Actor {
             .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("append task failed: {e}"))));
         match result {
             Ok(result) => {
-                self.index_reservations(&prepared.placed);
+                self.index_objects(&prepared.placed);
                 assert!(result.last_position >= self.position, "positions only grow");
                 self.position = result.last_position;
                 let stats = &self.shared.stats;

@@ -133,7 +133,7 @@ pub(crate) struct Shared {
     pub stats: EngineStats,
     /// Which show each known reservation belongs to, for lookups by reservation id.
     /// Which show each known reservation and waitlist entry (by UUID) belongs to.
-    pub reservation_shows: RwLock<HashMap<Uuid, ShowId>>,
+    pub object_shows: RwLock<HashMap<Uuid, ShowId>>,
 }
 
 /// The write engine. Cheap to share behind an `Arc`.
@@ -157,7 +157,7 @@ impl Engine {
                 ids,
                 config,
                 stats: EngineStats::default(),
-                reservation_shows: RwLock::new(HashMap::new()),
+                object_shows: RwLock::new(HashMap::new()),
             }),
             actors: Mutex::new(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
@@ -253,7 +253,7 @@ impl Engine {
     /// The show a reservation belongs to, if this engine has seen it.
     pub fn show_of(&self, reservation: ReservationId) -> Option<ShowId> {
         self.shared
-            .reservation_shows
+            .object_shows
             .read()
             .expect("index lock")
             .get(&reservation.0)
@@ -263,7 +263,7 @@ impl Engine {
     /// The show a waitlist entry belongs to, if this engine has seen it.
     pub fn show_of_entry(&self, entry: boxoffice_domain::EntryId) -> Option<ShowId> {
         self.shared
-            .reservation_shows
+            .object_shows
             .read()
             .expect("index lock")
             .get(&entry.0)
