@@ -131,7 +131,6 @@ pub(crate) struct Shared {
     pub ids: Arc<dyn IdSource>,
     pub config: EngineConfig,
     pub stats: EngineStats,
-    /// Which show each known reservation belongs to, for lookups by reservation id.
     /// Which show each known reservation and waitlist entry (by UUID) belongs to.
     pub object_shows: RwLock<HashMap<Uuid, ShowId>>,
 }
