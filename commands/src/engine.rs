@@ -181,7 +181,8 @@ impl Engine {
     }
 
     /// Loads every show in the store, so their holds' timers run (rule 4 across
-    /// restarts) and their reservations can be found by id. Fails if a show cannot load.
+    /// restarts) and their reservations can be found by id. A show whose log is corrupt
+    /// is skipped (and stays stopped); a store that cannot be read fails the load.
     pub async fn load_all(&self) -> Result<usize, EngineError> {
         let partitions = self
             .shared
@@ -195,8 +196,15 @@ impl Engine {
                 tracing::warn!(partition, "partition key is not a show id; skipped");
                 continue;
             };
-            self.query(show, |_| ()).await?;
-            loaded += 1;
+            match self.query(show, |_| ()).await {
+                Ok(()) => loaded += 1,
+                // One show with a corrupt log must not keep every other show from
+                // serving; it stays stopped, with the reason logged and answered.
+                Err(EngineError::ShowStopped(reason)) => {
+                    tracing::error!(%show, %reason, "show not loaded")
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(loaded)
     }
