@@ -1,0 +1,1 @@
+//! Payment saga, provider client, payment provider simulator.
