@@ -62,11 +62,13 @@ pub enum Command {
     StartPayment {
         reservation_id: ReservationId,
         payment_id: PaymentId,
+        payment_token: Option<String>,
     },
     CapturePayment {
         reservation_id: ReservationId,
         payment_id: PaymentId,
         amount: Minor,
+        provider_ref: Option<String>,
     },
     FailPayment {
         reservation_id: ReservationId,
@@ -447,6 +449,7 @@ impl ShowState {
             Command::StartPayment {
                 reservation_id,
                 payment_id,
+                payment_token,
             } => {
                 let show = self.show_or_err()?;
                 let r = self.reservation_or_err(reservation_id)?;
@@ -456,6 +459,7 @@ impl ShowState {
                     ReservationCommand::StartPayment {
                         payment_id,
                         deadline,
+                        payment_token,
                     },
                     now,
                 )?;
@@ -476,11 +480,16 @@ impl ShowState {
                 reservation_id,
                 payment_id,
                 amount,
+                provider_ref,
             } => {
                 let r = self.reservation_or_err(reservation_id)?;
                 let event = reservation::decide(
                     r,
-                    ReservationCommand::CapturePayment { payment_id, amount },
+                    ReservationCommand::CapturePayment {
+                        payment_id,
+                        amount,
+                        provider_ref,
+                    },
                     now,
                 )?;
                 Ok(vec![DomainEvent::Reservation(event)])

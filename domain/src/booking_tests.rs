@@ -569,6 +569,7 @@ fn holds_expire_only_when_due_and_not_while_paying() {
         .when_ok(Command::StartPayment {
             reservation_id: rsv(1),
             payment_id: pay(1),
+            payment_token: None,
         })
         .after(Duration::seconds(400));
     assert_eq!(paying.state.due_holds(paying.now).count(), 0);
@@ -588,6 +589,7 @@ fn a_paid_reservation_gets_tickets_and_its_seats_are_sold() {
         .when_ok(Command::StartPayment {
             reservation_id: rsv(1),
             payment_id: pay(1),
+            payment_token: None,
         });
     let payment = g
         .state
@@ -600,7 +602,8 @@ fn a_paid_reservation_gets_tickets_and_its_seats_are_sold() {
     assert_eq!(
         g.when(Command::StartPayment {
             reservation_id: rsv(1),
-            payment_id: pay(2)
+            payment_id: pay(2),
+            payment_token: None,
         }),
         Err(BookingError::ReservationNotHeld)
     );
@@ -615,7 +618,8 @@ fn a_paid_reservation_gets_tickets_and_its_seats_are_sold() {
         g.when(Command::CapturePayment {
             reservation_id: rsv(1),
             payment_id: pay(2),
-            amount: Minor(24_000)
+            amount: Minor(24_000),
+            provider_ref: None,
         }),
         Err(BookingError::Payment(ReservationError::NoSuchPayment))
     );
@@ -623,7 +627,8 @@ fn a_paid_reservation_gets_tickets_and_its_seats_are_sold() {
         g.when(Command::CapturePayment {
             reservation_id: rsv(1),
             payment_id: pay(1),
-            amount: Minor(1)
+            amount: Minor(1),
+            provider_ref: None,
         }),
         Err(BookingError::Payment(ReservationError::AmountMismatch))
     );
@@ -651,6 +656,7 @@ fn a_paid_reservation_gets_tickets_and_its_seats_are_sold() {
         reservation_id: rsv(1),
         payment_id: pay(1),
         amount: Minor(24_000),
+        provider_ref: None,
     });
     // Once captured, the payment can neither fail nor time out: tickets must follow (rule 2).
     assert_eq!(
@@ -720,6 +726,7 @@ fn a_failed_or_voided_payment_releases_the_seats() {
         .when_ok(Command::StartPayment {
             reservation_id: rsv(1),
             payment_id: pay(1),
+            payment_token: None,
         });
     assert_eq!(
         paying.types(Command::FailPayment {
@@ -750,7 +757,8 @@ fn a_failed_or_voided_payment_releases_the_seats() {
     assert_eq!(
         late.when(Command::StartPayment {
             reservation_id: rsv(1),
-            payment_id: pay(1)
+            payment_id: pay(1),
+            payment_token: None,
         }),
         Err(BookingError::HoldExpired)
     );
@@ -962,13 +970,15 @@ fn claiming_an_offer_happens_when_its_payment_starts_and_only_once() {
     assert_eq!(
         g.types(Command::StartPayment {
             reservation_id: offer,
-            payment_id: pay(1)
+            payment_id: pay(1),
+            payment_token: None,
         }),
         ["PaymentStarted", "WaitlistOfferClaimed"]
     );
     let g = g.when_ok(Command::StartPayment {
         reservation_id: offer,
         payment_id: pay(1),
+        payment_token: None,
     });
     assert_eq!(
         g.state.waitlist.entry(entry(1)).unwrap().status,
@@ -977,7 +987,8 @@ fn claiming_an_offer_happens_when_its_payment_starts_and_only_once() {
     assert_eq!(
         g.when(Command::StartPayment {
             reservation_id: offer,
-            payment_id: pay(2)
+            payment_id: pay(2),
+            payment_token: None,
         }),
         Err(BookingError::ReservationNotHeld)
     );

@@ -54,6 +54,9 @@ pub struct Payment {
     pub payment_id: PaymentId,
     pub deadline: DateTime<Utc>,
     pub status: PaymentStatus,
+    pub payment_token: Option<String>,
+    /// The provider's id of the payment, once captured.
+    pub provider_ref: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,11 +137,20 @@ pub enum ReservationEvent {
         reservation_id: ReservationId,
         payment_id: PaymentId,
         deadline: DateTime<Utc>,
+        /// The buyer's payment method token, kept so the saga can create the payment
+        /// at the provider after a crash between this event and its call. A token
+        /// stands for a card at the provider; it is not card data.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payment_token: Option<String>,
     },
     PaymentCaptured {
         reservation_id: ReservationId,
         payment_id: PaymentId,
         amount: Minor,
+        /// The provider's id of the captured payment (a PaymentIntent id), which a
+        /// refund or a reconciliation names.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        provider_ref: Option<String>,
     },
     PaymentFailed {
         reservation_id: ReservationId,
@@ -217,10 +229,12 @@ pub enum ReservationCommand {
     StartPayment {
         payment_id: PaymentId,
         deadline: DateTime<Utc>,
+        payment_token: Option<String>,
     },
     CapturePayment {
         payment_id: PaymentId,
         amount: Minor,
+        provider_ref: Option<String>,
     },
     FailPayment {
         payment_id: PaymentId,
@@ -283,6 +297,7 @@ pub fn decide(
         ReservationCommand::StartPayment {
             payment_id,
             deadline,
+            payment_token,
         } => {
             if r.status != ReservationStatus::Held {
                 return Err(ReservationError::NotHeld);
@@ -294,9 +309,14 @@ pub fn decide(
                 reservation_id,
                 payment_id,
                 deadline,
+                payment_token,
             })
         }
-        ReservationCommand::CapturePayment { payment_id, amount } => {
+        ReservationCommand::CapturePayment {
+            payment_id,
+            amount,
+            provider_ref,
+        } => {
             let payment = pending_payment(payment_id)?;
             if payment.status == PaymentStatus::Captured {
                 return Err(ReservationError::AlreadyCaptured);
@@ -308,6 +328,7 @@ pub fn decide(
                 reservation_id,
                 payment_id,
                 amount,
+                provider_ref,
             })
         }
         ReservationCommand::FailPayment { payment_id, reason } => {
@@ -465,6 +486,7 @@ pub fn apply(r: &mut Reservation, event: &ReservationEvent) {
         ReservationEvent::PaymentStarted {
             payment_id,
             deadline,
+            payment_token,
             ..
         } => {
             assert_eq!(
@@ -477,9 +499,15 @@ pub fn apply(r: &mut Reservation, event: &ReservationEvent) {
                 payment_id: *payment_id,
                 deadline: *deadline,
                 status: PaymentStatus::Pending,
+                payment_token: payment_token.clone(),
+                provider_ref: None,
             });
         }
-        ReservationEvent::PaymentCaptured { payment_id, .. } => {
+        ReservationEvent::PaymentCaptured {
+            payment_id,
+            provider_ref,
+            ..
+        } => {
             let p = r
                 .payment
                 .as_mut()
@@ -489,6 +517,7 @@ pub fn apply(r: &mut Reservation, event: &ReservationEvent) {
                 "PaymentCaptured out of order"
             );
             p.status = PaymentStatus::Captured;
+            p.provider_ref = provider_ref.clone();
         }
         ReservationEvent::PaymentFailed { payment_id, .. }
         | ReservationEvent::PaymentTimedOut { payment_id, .. } => {

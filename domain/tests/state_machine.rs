@@ -1604,6 +1604,7 @@ impl Run {
                                 reservation_id: id,
                                 payment_id,
                                 deadline,
+                                payment_token: None,
                             })];
                         if let Some(entry_id) = r.entry {
                             events.push(DomainEvent::Waitlist(
@@ -1621,6 +1622,7 @@ impl Run {
                     Command::StartPayment {
                         reservation_id: id,
                         payment_id,
+                        payment_token: None,
                     },
                     expect,
                 )
@@ -1636,6 +1638,7 @@ impl Run {
                             reservation_id: id,
                             payment_id,
                             amount,
+                            provider_ref: None,
                         },
                     )]),
                     Stage::Captured => {
@@ -1648,6 +1651,7 @@ impl Run {
                         reservation_id: id,
                         payment_id,
                         amount,
+                        provider_ref: None,
                     },
                     expect,
                 )
