@@ -908,6 +908,7 @@ fn target_reservation(state: &ShowState, command: &Command) -> Option<Reservatio
         | Command::IssueTickets { reservation_id, .. }
         | Command::Refund { reservation_id } => Some(*reservation_id),
         Command::Show(_)
+        | Command::UpdateShow(_)
         | Command::BlockSeats { .. }
         | Command::UnblockSeats { .. }
         | Command::JoinWaitlist { .. }

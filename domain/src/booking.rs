@@ -51,6 +51,9 @@ pub struct HoldRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Show(ShowCommand),
+    /// Changes any of a show's name, start and sales window at once, all or nothing,
+    /// if the show is still at `expected_version` (when given).
+    UpdateShow(ShowUpdate),
     Hold(HoldRequest),
     Cancel {
         reservation_id: ReservationId,
@@ -109,6 +112,16 @@ pub enum Command {
     OfferToWaitlist,
 }
 
+/// The fields of a show an organizer may change after scheduling it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ShowUpdate {
+    pub expected_version: Option<u64>,
+    pub name: Option<String>,
+    pub starts_at: Option<DateTime<Utc>>,
+    /// The whole new window (`None` members: open from now / until the show starts).
+    pub sales_window: Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
+}
+
 /// Every way a command can be refused. Closed, so a test can assert the exact rejection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BookingError {
@@ -154,6 +167,8 @@ pub enum BookingError {
     SeatsAvailable,
     #[error("the waitlist entry is closed")]
     WaitlistEntryClosed,
+    #[error("the show is at version {current}, not the one expected")]
+    VersionMismatch { current: u64 },
 }
 
 impl From<CapExceeded> for BookingError {
@@ -432,8 +447,9 @@ impl ShowState {
         match command {
             Command::Show(ShowCommand::Cancel { reason }) => self.decide_cancel_show(reason),
             Command::Show(c) => {
-                Ok(self.with_reopening_offers(Show::decide(self.show.as_ref(), c)?, now))
+                Ok(self.with_reopening_offers(vec![Show::decide(self.show.as_ref(), c)?], now))
             }
+            Command::UpdateShow(update) => self.decide_update_show(update, now),
             Command::Hold(request) => self.decide_hold(request, now),
             Command::Cancel { reservation_id, by } => {
                 self.show_or_err()?;
@@ -924,24 +940,78 @@ impl ShowState {
     /// a later start), offers of what is free to the waitlist in the same decision. Seats
     /// released while sales were closed were not offered then; without this they would go
     /// back on public sale ahead of a waiting entry they fit (rule 5).
-    fn with_reopening_offers(&self, event: ShowEvent, now: DateTime<Utc>) -> Vec<DomainEvent> {
+    fn with_reopening_offers(
+        &self,
+        changes: Vec<ShowEvent>,
+        now: DateTime<Utc>,
+    ) -> Vec<DomainEvent> {
         let was_open = self.show.as_ref().is_some_and(|s| s.sales_open(now));
         let reopens = !was_open && self.waitlist.waiting_count() > 0 && {
             let mut show = self.show.clone();
-            Show::apply(&mut show, &event);
+            for change in &changes {
+                Show::apply(&mut show, change);
+            }
             show.is_some_and(|s| s.sales_open(now))
         };
-        let event = DomainEvent::Show(event);
+        let mut events: Vec<DomainEvent> = changes.into_iter().map(DomainEvent::Show).collect();
         if !reopens {
-            return vec![event];
+            return events;
         }
         // Rare (sales reopen while entries wait), so a copy to decide against is fine.
         let mut after = self.clone();
-        after.apply(&event);
+        for event in &events {
+            after.apply(event);
+        }
         let offers = after.offer_to_waitlist(&mut Pending::new(&after), now, &[]);
-        let mut events = vec![event];
         events.extend(offers);
         events
+    }
+
+    /// All of an update's changes or none: the show they leave must be valid as a
+    /// whole (a later start and a later close of sales may only be valid together).
+    fn decide_update_show(
+        &self,
+        update: ShowUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DomainEvent>, BookingError> {
+        let show = self.show_or_err()?;
+        if show.cancelled {
+            return Err(BookingError::ShowCancelled);
+        }
+        if let Some(expected) = update.expected_version
+            && expected != show.version
+        {
+            return Err(BookingError::VersionMismatch {
+                current: show.version,
+            });
+        }
+        let mut definition = show.definition.clone();
+        let mut changes = Vec::new();
+        if let Some(name) = update.name
+            && name != definition.name
+        {
+            definition.name = name.clone();
+            changes.push(ShowEvent::ShowRenamed { name });
+        }
+        if let Some(starts_at) = update.starts_at
+            && starts_at != definition.starts_at
+        {
+            definition.starts_at = starts_at;
+            changes.push(ShowEvent::ShowRescheduled { starts_at });
+        }
+        if let Some((sales_open_at, sales_close_at)) = update.sales_window
+            && (sales_open_at, sales_close_at)
+                != (definition.sales_open_at, definition.sales_close_at)
+        {
+            definition.sales_open_at = sales_open_at;
+            definition.sales_close_at = sales_close_at;
+            changes.push(ShowEvent::SalesWindowChanged {
+                sales_open_at,
+                sales_close_at,
+            });
+        }
+        definition.validate().map_err(BookingError::Invalid)?;
+        Ok(self.with_reopening_offers(changes, now))
     }
 
     /// Offers what `pending` freed to waiting entries, first fit in order of joining.

@@ -1231,3 +1231,66 @@ fn replaying_the_log_gives_the_same_state() {
     assert_eq!(ShowState::replay(show_id(), &log), live);
     assert!(g.state.check_invariants().is_ok());
 }
+
+#[test]
+fn an_update_changes_several_fields_at_once_and_checks_the_version() {
+    let g = given_show();
+    assert_eq!(g.state.show.as_ref().unwrap().version, 1);
+    let later = t0() + Duration::days(60);
+    let update = ShowUpdate {
+        expected_version: Some(1),
+        name: Some("Night 2".into()),
+        starts_at: Some(later),
+        sales_window: Some((None, Some(later - Duration::hours(1)))),
+    };
+    assert_eq!(
+        g.types(Command::UpdateShow(update.clone())),
+        ["ShowRenamed", "ShowRescheduled", "SalesWindowChanged"]
+    );
+    let g = g.when_ok(Command::UpdateShow(update.clone()));
+    let show = g.state.show.as_ref().unwrap();
+    assert_eq!(show.version, 4);
+    assert_eq!(show.definition.name, "Night 2");
+    assert_eq!(show.definition.starts_at, later);
+    // The same update against the old version is refused with the current one.
+    assert_eq!(
+        g.when(Command::UpdateShow(update)),
+        Err(BookingError::VersionMismatch { current: 4 })
+    );
+    // Unchanged fields write nothing; no version means "whatever the current one is".
+    let same = ShowUpdate {
+        name: Some("Night 2".into()),
+        ..ShowUpdate::default()
+    };
+    assert_eq!(g.when(Command::UpdateShow(same)), Ok(vec![]));
+}
+
+#[test]
+fn an_update_is_all_or_nothing_and_validated_as_a_whole() {
+    let g = given_show();
+    let starts_at = g.state.definition().unwrap().starts_at;
+    // A window that closes before it opens is invalid; nothing of the update is kept.
+    let bad = ShowUpdate {
+        name: Some("Renamed".into()),
+        sales_window: Some((
+            Some(starts_at - Duration::days(1)),
+            Some(starts_at - Duration::days(2)),
+        )),
+        ..ShowUpdate::default()
+    };
+    assert!(matches!(
+        g.when(Command::UpdateShow(bad)),
+        Err(BookingError::Invalid(_))
+    ));
+    assert_eq!(g.state.definition().unwrap().name, definition().name);
+    let cancelled = given_show().when_ok(Command::Show(ShowCommand::Cancel {
+        reason: "storm".into(),
+    }));
+    assert_eq!(
+        cancelled.when(Command::UpdateShow(ShowUpdate {
+            name: Some("x".into()),
+            ..ShowUpdate::default()
+        })),
+        Err(BookingError::ShowCancelled)
+    );
+}

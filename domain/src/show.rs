@@ -412,6 +412,8 @@ pub struct Show {
     pub organizer_id: UserId,
     pub definition: ShowDefinition,
     pub cancelled: bool,
+    /// How many events the show's stream has: the show's version for `If-Match`.
+    pub version: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -583,10 +585,12 @@ impl Show {
                     organizer_id: *organizer_id,
                     definition: (**definition).clone(),
                     cancelled: false,
+                    version: 1,
                 });
             }
             other => {
                 let show = state.as_mut().expect("show event before ShowScheduled");
+                show.version += 1;
                 match other {
                     ShowEvent::ShowScheduled { .. } => unreachable!(),
                     ShowEvent::ShowRescheduled { starts_at } => {

@@ -1,0 +1,727 @@
+//! The delivery worker: sends what the notifications projection put in
+//! `notification_outbox`, through the channels of a [`NotifyConfig`].
+//!
+//! The worker polls for due rows (and wakes early when the notifications projection moves
+//! on), claims each with a lease (so a second worker, or this one after a crash, leaves it
+//! alone until the lease runs out), delivers it, and marks it delivered, or schedules a
+//! retry with exponential backoff, or gives up after `attempts_max` attempts or when there
+//! is nowhere to deliver to (`failed_at`, with the reason in `last_error`). All of that
+//! state is in the table, so a restart loses nothing.
+//!
+//! Delivery is at least once: a crash between sending and marking the row sends again
+//! after the lease. Receivers deduplicate on the notification id (`id` in both the email
+//! line and the webhook body, also the `Boxoffice-Notification-Id` header).
+//!
+//! Channels:
+//! - `email_file`: one JSON line per notification appended to a file, as an email would
+//!   be sent: `{id, to, subject, text, kind, user_id, created_at, data}`, `to` from the
+//!   `users` table. The file is synced before the row is marked delivered.
+//! - `webhook`: `POST` of `{id, type, created_at, user_id, data}` as JSON to the user's
+//!   own webhook (`notification_webhooks`) or else the configured URL, signed like the
+//!   payment provider's webhooks:
+//!   `Boxoffice-Signature: t=<unix seconds>,v1=<hex hmac-sha256(secret, "<t>.<body>")>`.
+//!   Any 2xx answer is a delivery; anything else, or no answer, is retried. Redirects are
+//!   not followed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use boxoffice_domain::Clock;
+use boxoffice_store::tables::TablePool;
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::db::{self, DbRow, Param};
+use crate::notifications::{NotificationKind, user_webhook};
+
+/// Where notifications go. A channel without its setting is off.
+#[derive(Clone, Default)]
+pub struct NotifyConfig {
+    /// The file emails are appended to, e.g. `{data_dir}/outbox/mail.jsonl`.
+    pub email_file: Option<PathBuf>,
+    /// The webhook for users without one of their own.
+    pub webhook_url: Option<String>,
+    /// The key that signs webhooks sent to `webhook_url`.
+    pub webhook_secret: Vec<u8>,
+}
+
+/// The secret stays out of logs.
+impl std::fmt::Debug for NotifyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotifyConfig")
+            .field("email_file", &self.email_file)
+            .field("webhook_url", &self.webhook_url)
+            .field(
+                "webhook_secret",
+                &format_args!("<{} bytes>", self.webhook_secret.len()),
+            )
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotifyConfigError {
+    #[error("invalid webhook configuration: {0}")]
+    Webhook(String),
+    #[error("cannot build the webhook client: {0}")]
+    Client(String),
+}
+
+impl NotifyConfig {
+    pub fn validate(&self) -> Result<(), NotifyConfigError> {
+        if let Some(url) = &self.webhook_url {
+            crate::notifications::validate_webhook(url, &self.webhook_secret)
+                .map_err(|e| NotifyConfigError::Webhook(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// A delivery channel, as stored in `notification_outbox.channel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    EmailFile,
+    Webhook,
+}
+
+impl Channel {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Channel::EmailFile => "email_file",
+            Channel::Webhook => "webhook",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "email_file" => Some(Channel::EmailFile),
+            "webhook" => Some(Channel::Webhook),
+            _ => None,
+        }
+    }
+}
+
+/// Bounds and timings of the delivery worker.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Outbox rows taken per round.
+    pub batch_rows_max: usize,
+    /// The longest the worker sleeps without looking at the outbox.
+    pub poll_interval_ms: u64,
+    /// Delay before the second attempt; doubled for each further one.
+    pub retry_backoff_ms_min: u64,
+    /// The longest delay between attempts.
+    pub retry_backoff_ms_max: u64,
+    /// Attempts before a delivery is given up (`failed_at`).
+    pub attempts_max: u32,
+    /// How long a claimed row is left alone by other workers while it is being sent.
+    pub lease_ms: u64,
+    /// Time limit of one webhook request.
+    pub webhook_timeout_ms: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        // 1 s doubling to 1 h: 16 attempts span about 7 hours.
+        Self {
+            batch_rows_max: 100,
+            poll_interval_ms: 1_000,
+            retry_backoff_ms_min: 1_000,
+            retry_backoff_ms_max: 3_600_000,
+            attempts_max: 16,
+            lease_ms: 60_000,
+            webhook_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Most outbox rows one round may take.
+pub const BATCH_ROWS_MAX: usize = 10_000;
+/// Longest error text kept in `last_error`.
+const LAST_ERROR_CHARS_MAX: usize = 1_000;
+/// Shortest sleep between rounds, so a clock that disagrees with the rows never spins.
+const IDLE_SLEEP_MS_MIN: u64 = 10;
+
+impl DeliveryConfig {
+    fn check(&self) {
+        assert!(
+            (1..=BATCH_ROWS_MAX).contains(&self.batch_rows_max),
+            "batch_rows_max must be 1..={BATCH_ROWS_MAX}"
+        );
+        assert!(
+            self.poll_interval_ms > 0,
+            "poll_interval_ms must be positive"
+        );
+        assert!(
+            0 < self.retry_backoff_ms_min && self.retry_backoff_ms_min <= self.retry_backoff_ms_max,
+            "retry backoff bounds must be positive and ordered"
+        );
+        assert!(self.attempts_max >= 1, "attempts_max must be at least 1");
+        assert!(
+            self.lease_ms > self.webhook_timeout_ms,
+            "a lease must outlast a webhook request"
+        );
+    }
+
+    /// The delay after `attempts` failed attempts (1 or more).
+    fn backoff(&self, attempts: u32) -> Duration {
+        let doublings = attempts.saturating_sub(1).min(32);
+        let ms = self
+            .retry_backoff_ms_min
+            .saturating_mul(1_u64 << doublings)
+            .min(self.retry_backoff_ms_max);
+        Duration::from_millis(ms)
+    }
+}
+
+/// The `Boxoffice-Signature` header value for a body sent at `unix_seconds`.
+pub fn signature_header(secret: &[u8], unix_seconds: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(unix_seconds.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!(
+        "t={unix_seconds},v1={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
+}
+
+/// The running worker. Dropping it stops the worker at its next await;
+/// [`DeliveryWorker::shutdown`] also waits for it.
+pub struct DeliveryWorker {
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl DeliveryWorker {
+    /// Starts the worker. `wake` (the notifications projector's position) makes it look
+    /// at the outbox as soon as new notifications are committed instead of at the next
+    /// poll.
+    pub fn start(
+        pool: TablePool,
+        notify: NotifyConfig,
+        config: DeliveryConfig,
+        clock: Arc<dyn Clock>,
+        wake: Option<watch::Receiver<u64>>,
+    ) -> Result<Self, NotifyConfigError> {
+        config.check();
+        notify.validate()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.webhook_timeout_ms))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| NotifyConfigError::Client(e.to_string()))?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let worker = Worker {
+            pool,
+            notify,
+            config,
+            clock,
+            http,
+        };
+        let task = tokio::spawn(worker.run(shutdown_rx, wake));
+        Ok(Self { shutdown, task })
+    }
+
+    /// Stops the worker (a delivery in flight is abandoned; its lease runs out and it is
+    /// sent again) and waits for it.
+    pub async fn shutdown(self) {
+        self.shutdown.send_replace(true);
+        if let Err(e) = self.task.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}
+
+struct Worker {
+    pool: TablePool,
+    notify: NotifyConfig,
+    config: DeliveryConfig,
+    clock: Arc<dyn Clock>,
+    http: reqwest::Client,
+}
+
+/// An outbox row that is due, with its notification.
+struct Due {
+    notification_id: String,
+    channel: String,
+    attempts: u32,
+    next_attempt_at: DateTime<Utc>,
+    user_id: String,
+    kind: String,
+    created_at: DateTime<Utc>,
+    data: Value,
+}
+
+impl Due {
+    fn decode(row: &DbRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            notification_id: row.text("notification_id")?,
+            channel: row.text("channel")?,
+            attempts: u32::try_from(row.int("attempts")?).unwrap_or(u32::MAX),
+            next_attempt_at: row.time("next_attempt_at")?,
+            user_id: row.text("user_id")?,
+            kind: row.text("kind")?,
+            created_at: row.time("created_at")?,
+            data: row.json("data")?,
+        })
+    }
+}
+
+/// Why a delivery did not happen.
+enum Failure {
+    /// Worth another attempt later.
+    Retry(String),
+    /// No attempt can succeed (no address, channel switched off).
+    GiveUp(String),
+}
+
+/// Rows not yet delivered nor given up, whose notification exists. (After a projection
+/// reset a row may wait for its notification to be rebuilt.)
+const PENDING: &str = "FROM notification_outbox o JOIN notifications n ON n.id = o.notification_id
+     WHERE o.delivered_at IS NULL AND o.failed_at IS NULL";
+
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Resolves when `wake` changes; never, if there is none or its sender is gone.
+async fn woken(wake: &mut Option<watch::Receiver<u64>>) {
+    match wake {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                *wake = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+impl Worker {
+    async fn run(
+        self,
+        mut shutdown: watch::Receiver<bool>,
+        mut wake: Option<watch::Receiver<u64>>,
+    ) {
+        let poll = Duration::from_millis(self.config.poll_interval_ms);
+        tracing::info!("notification delivery started");
+        loop {
+            if let Some(rx) = &mut wake {
+                rx.borrow_and_update();
+            }
+            let round = tokio::select! {
+                biased;
+                () = stopped(&mut shutdown) => break,
+                round = self.round() => round,
+            };
+            let sleep = match round {
+                Ok(taken) if taken >= self.config.batch_rows_max => continue,
+                Ok(_) => match self.next_due().await {
+                    Ok(Some(next)) => (next - self.clock.now()).to_std().unwrap_or_default(),
+                    Ok(None) => poll,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "notification outbox unreadable");
+                        poll
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "notification outbox unreadable; retrying");
+                    poll
+                }
+            };
+            let sleep = sleep.clamp(Duration::from_millis(IDLE_SLEEP_MS_MIN), poll);
+            tokio::select! {
+                biased;
+                () = stopped(&mut shutdown) => break,
+                () = woken(&mut wake) => {}
+                () = tokio::time::sleep(sleep) => {}
+            }
+        }
+        tracing::info!("notification delivery stopped");
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        let row = db::fetch_optional(
+            &self.pool,
+            &format!("SELECT min(o.next_attempt_at) AS next_due {PENDING}"),
+            &[],
+        )
+        .await?;
+        match row {
+            Some(row) => row.opt_time("next_due"),
+            None => Ok(None),
+        }
+    }
+
+    /// Delivers the rows due now; returns how many it took.
+    async fn round(&self) -> Result<usize, sqlx::Error> {
+        let now = self.clock.now();
+        let rows = db::fetch_all(
+            &self.pool,
+            &format!(
+                "SELECT o.notification_id, o.channel, o.attempts, o.next_attempt_at,
+                        n.user_id, n.kind, n.created_at, n.data
+                 {PENDING} AND o.next_attempt_at <= $1
+                 ORDER BY o.next_attempt_at LIMIT $2"
+            ),
+            &[now.into(), (self.config.batch_rows_max as i64).into()],
+        )
+        .await?;
+        for row in &rows {
+            match Due::decode(row) {
+                Ok(due) => self.attempt(due).await?,
+                // A row that does not decode would come first again every round and
+                // hold up the rows behind it: it is given up instead.
+                Err(e) => self.give_up_undecodable(row, e).await?,
+            }
+        }
+        Ok(rows.len())
+    }
+
+    async fn give_up_undecodable(
+        &self,
+        row: &DbRow,
+        error: sqlx::Error,
+    ) -> Result<(), sqlx::Error> {
+        let id = row.text("notification_id")?;
+        let channel = row.text("channel")?;
+        tracing::error!(notification = id, channel, %error, "outbox row does not decode; given up");
+        db::execute(
+            &self.pool,
+            "UPDATE notification_outbox SET failed_at = $3, last_error = $4
+             WHERE notification_id = $1 AND channel = $2",
+            &[
+                id.into(),
+                channel.into(),
+                self.clock.now().into(),
+                truncate(format!("undecodable row: {error}")).into(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn attempt(&self, due: Due) -> Result<(), sqlx::Error> {
+        let lease_until =
+            self.clock.now() + chrono::Duration::milliseconds(self.config.lease_ms as i64);
+        let claimed = db::execute(
+            &self.pool,
+            "UPDATE notification_outbox SET next_attempt_at = $3
+             WHERE notification_id = $1 AND channel = $2 AND next_attempt_at = $4
+               AND delivered_at IS NULL AND failed_at IS NULL",
+            &[
+                due.notification_id.clone().into(),
+                due.channel.clone().into(),
+                lease_until.into(),
+                due.next_attempt_at.into(),
+            ],
+        )
+        .await?;
+        if claimed == 0 {
+            // Another worker claimed it between our read and now.
+            return Ok(());
+        }
+        let outcome = self.deliver(&due).await;
+        let now = self.clock.now();
+        let attempts = due.attempts.saturating_add(1);
+        let (sql, outcome_params): (&str, Vec<Param>) = match outcome {
+            Ok(()) => {
+                tracing::debug!(
+                    notification = due.notification_id,
+                    channel = due.channel,
+                    "notification delivered"
+                );
+                (
+                    "UPDATE notification_outbox SET attempts = $3, delivered_at = $4, last_error = NULL
+                     WHERE notification_id = $1 AND channel = $2",
+                    vec![now.into()],
+                )
+            }
+            Err(Failure::Retry(reason)) if attempts < self.config.attempts_max => {
+                let next = now
+                    + chrono::Duration::from_std(self.config.backoff(attempts))
+                        .expect("backoff is bounded");
+                tracing::warn!(
+                    notification = due.notification_id,
+                    channel = due.channel,
+                    attempts,
+                    error = reason,
+                    "notification delivery failed; will retry"
+                );
+                (
+                    "UPDATE notification_outbox SET attempts = $3, next_attempt_at = $4, last_error = $5
+                     WHERE notification_id = $1 AND channel = $2",
+                    vec![next.into(), truncate(reason).into()],
+                )
+            }
+            Err(Failure::Retry(reason) | Failure::GiveUp(reason)) => {
+                tracing::error!(
+                    notification = due.notification_id,
+                    channel = due.channel,
+                    attempts,
+                    error = reason,
+                    "notification delivery given up"
+                );
+                (
+                    "UPDATE notification_outbox SET attempts = $3, failed_at = $4, last_error = $5
+                     WHERE notification_id = $1 AND channel = $2",
+                    vec![now.into(), truncate(reason).into()],
+                )
+            }
+        };
+        let mut params: Vec<Param> = vec![
+            due.notification_id.into(),
+            due.channel.into(),
+            i64::from(attempts).into(),
+        ];
+        params.extend(outcome_params);
+        db::execute(&self.pool, sql, &params).await?;
+        Ok(())
+    }
+
+    async fn deliver(&self, due: &Due) -> Result<(), Failure> {
+        let Some(kind) = NotificationKind::parse(&due.kind) else {
+            return Err(Failure::GiveUp(format!(
+                "unknown notification kind {}",
+                due.kind
+            )));
+        };
+        match Channel::parse(&due.channel) {
+            Some(Channel::EmailFile) => self.send_email(due, kind).await,
+            Some(Channel::Webhook) => self.send_webhook(due, kind).await,
+            None => Err(Failure::GiveUp(format!("unknown channel {}", due.channel))),
+        }
+    }
+
+    async fn send_email(&self, due: &Due, kind: NotificationKind) -> Result<(), Failure> {
+        let Some(path) = &self.notify.email_file else {
+            return Err(Failure::GiveUp(
+                "the email_file channel is not configured".into(),
+            ));
+        };
+        let row = db::fetch_optional(
+            &self.pool,
+            "SELECT email FROM users WHERE user_id = $1",
+            &[due.user_id.clone().into()],
+        )
+        .await
+        .map_err(|e| Failure::Retry(format!("users table: {e}")))?;
+        let Some(row) = row else {
+            return Err(Failure::GiveUp(format!(
+                "user {} has no email address on file",
+                due.user_id
+            )));
+        };
+        let to = row
+            .text("email")
+            .map_err(|e| Failure::Retry(format!("users table: {e}")))?;
+        let (subject, text) = email_text(kind, &due.data);
+        let mut line = serde_json::to_vec(&json!({
+            "id": due.notification_id,
+            "to": to,
+            "subject": subject,
+            "text": text,
+            "kind": kind,
+            "user_id": due.user_id,
+            "created_at": due.created_at,
+            "data": due.data,
+        }))
+        .expect("JSON values serialize");
+        line.push(b'\n');
+        append_line(path, &line)
+            .await
+            .map_err(|e| Failure::Retry(format!("{}: {e}", path.display())))
+    }
+
+    async fn send_webhook(&self, due: &Due, kind: NotificationKind) -> Result<(), Failure> {
+        let own = user_webhook(&self.pool, &due.user_id)
+            .await
+            .map_err(|e| Failure::Retry(format!("notification_webhooks table: {e}")))?;
+        let (url, secret) = match (own, &self.notify.webhook_url) {
+            (Some(own), _) => (own.url, own.secret),
+            (None, Some(url)) => (url.clone(), self.notify.webhook_secret.clone()),
+            (None, None) => {
+                return Err(Failure::GiveUp(
+                    "no webhook is configured for this user".into(),
+                ));
+            }
+        };
+        let body = serde_json::to_vec(&json!({
+            "id": due.notification_id,
+            "type": kind,
+            "created_at": due.created_at,
+            "user_id": due.user_id,
+            "data": due.data,
+        }))
+        .expect("JSON values serialize");
+        let signature = signature_header(&secret, self.clock.now().timestamp(), &body);
+        let response = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("Boxoffice-Signature", signature)
+            .header("Boxoffice-Notification-Id", &due.notification_id)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Failure::Retry(format!("POST {url}: {e}")))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(Failure::Retry(format!("POST {url}: HTTP {status}")))
+        }
+    }
+}
+
+fn truncate(mut text: String) -> String {
+    if text.len() > LAST_ERROR_CHARS_MAX {
+        let mut end = LAST_ERROR_CHARS_MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// Appends one line and syncs it, so a row is never marked delivered for a line that a
+/// crash could still lose.
+async fn append_line(path: &std::path::Path, line: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await?;
+    // One write of the whole line: O_APPEND keeps concurrent writers' lines whole.
+    file.write_all(line).await?;
+    file.sync_data().await
+}
+
+fn field<'a>(data: &'a Value, name: &str) -> &'a str {
+    data.get(name).and_then(Value::as_str).unwrap_or("?")
+}
+
+/// Subject and plain-text body of a notification's email.
+fn email_text(kind: NotificationKind, data: &Value) -> (String, String) {
+    let reservation = field(data, "reservation_id");
+    match kind {
+        NotificationKind::WaitlistOffer => (
+            "Seats from the waiting list are held for you".into(),
+            format!(
+                "Seats you waited for are held for you until {}. Check out reservation {reservation} before then to get them.",
+                field(data, "expires_at")
+            ),
+        ),
+        NotificationKind::OrderConfirmed => (
+            "Your tickets".into(),
+            format!(
+                "Order {} is confirmed: {} ticket(s) issued for reservation {reservation}.",
+                field(data, "order_id"),
+                data.get("ticket_count")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+            ),
+        ),
+        NotificationKind::OrderRefunded => {
+            let amount = data.get("amount").cloned().unwrap_or(Value::Null);
+            (
+                "Your order was refunded".into(),
+                format!(
+                    "Order {} (reservation {reservation}) was refunded: {} {}.",
+                    field(data, "order_id"),
+                    field(&amount, "amount"),
+                    field(&amount, "currency")
+                ),
+            )
+        }
+        NotificationKind::HoldExpired => {
+            let offer = data
+                .get("from_waitlist_offer")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let what = if offer {
+                "The waiting-list offer"
+            } else {
+                "Your hold"
+            };
+            (
+                "Your hold expired".into(),
+                format!(
+                    "{what} (reservation {reservation}) expired before checkout; the seats were released."
+                ),
+            )
+        }
+        NotificationKind::PaymentFailed => (
+            "Your payment failed".into(),
+            format!(
+                "The payment for reservation {reservation} failed ({}); the seats were released.",
+                field(data, "reason")
+            ),
+        ),
+        NotificationKind::PaymentTimedOut => (
+            "Your payment timed out".into(),
+            format!(
+                "The payment for reservation {reservation} was not confirmed in time and was voided; the seats were released."
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let config = DeliveryConfig {
+            retry_backoff_ms_min: 100,
+            retry_backoff_ms_max: 1_000,
+            ..DeliveryConfig::default()
+        };
+        let delays: Vec<u64> = (1..=6)
+            .map(|a| config.backoff(a).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1_000, 1_000]);
+        assert_eq!(config.backoff(u32::MAX).as_millis(), 1_000);
+    }
+
+    #[test]
+    fn the_signature_is_hmac_of_time_dot_body() {
+        // RFC 4231 test case 2 key, over "1700000000.{}".
+        let header = signature_header(b"Jefe", 1_700_000_000, b"{}");
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
+        mac.update(b"1700000000.{}");
+        let expected = hex::encode(mac.finalize().into_bytes());
+        assert_eq!(header, format!("t=1700000000,v1={expected}"));
+    }
+
+    #[test]
+    fn every_kind_has_an_email() {
+        for kind in NotificationKind::ALL {
+            let (subject, text) = email_text(kind, &json!({"reservation_id": "rsv_1"}));
+            assert!(!subject.is_empty());
+            assert!(text.contains("rsv_1"), "{kind:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn errors_are_truncated_on_a_char_boundary() {
+        let long = "é".repeat(LAST_ERROR_CHARS_MAX);
+        let cut = truncate(long);
+        assert!(cut.len() <= LAST_ERROR_CHARS_MAX);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
+}

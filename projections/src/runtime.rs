@@ -1,0 +1,538 @@
+//! The projector runtime: runs each [`Projection`] as a task that follows the global
+//! log and keeps its read model, and its checkpoint, in the side tables.
+//!
+//! A runner reads a batch of events after its checkpoint, applies it in one transaction
+//! and writes the new checkpoint in that same transaction. Delivery is at least once (a
+//! crash before the commit re-reads the batch), the effect exactly once (the rows and the
+//! checkpoint commit together or not at all). The checkpoint row is locked and compared
+//! with what the runner believes before every batch, so two runners of one projection (two
+//! server processes on one database) never apply a batch twice: the one that finds the
+//! checkpoint moved reloads it and carries on from there.
+//!
+//! A runner catches up on start, then follows live appends: it wakes on the store's
+//! [`EventStore::subscribe_head`] watch and, as a safety net, on a slow poll. It never
+//! advances past an event it has not applied: `read_all` returns the log in commit order
+//! without gaps a later read could fill, and the checkpoint is the last position applied.
+//! Any error (database down, an event the projection cannot use) is logged and retried
+//! with exponential backoff; the task only ends at shutdown.
+//!
+//! Versions: a projection whose stored version differs from its code's version is reset
+//! (its tables emptied in the same transaction that sets the checkpoint back to 0) and
+//! replayed from the start of the log. The read model is incomplete while it replays,
+//! and two processes running different versions of one projection would reset it in
+//! turn, so a version change must reach every process at once. The later read-model
+//! issue replaces this with building the new version into fresh tables beside the old
+//! ones and swapping when it has caught up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use boxoffice_domain::DomainEvent;
+use boxoffice_store::tables::TablePool;
+use boxoffice_store::{EventStore, RecordedEvent, StoreError};
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::db::{self, Backend, Tx, position_param};
+
+/// Why applying a batch failed. Every one of them is retried (with backoff): the batch
+/// and the checkpoint were rolled back together, so a retry starts from a clean state.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("read-model database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("event store: {0}")]
+    Store(#[from] StoreError),
+    /// An event of a type the projection uses does not decode. It is not skipped: the
+    /// projection stops at it, logging, until a fixed build can read it.
+    #[error("event at position {position} cannot be decoded: {reason}")]
+    Decode { position: u64, reason: String },
+    /// An event contradicts what the read model holds (tickets for a reservation that
+    /// was never placed, …): the log broke a rule of `EVENTS.md`, or the projection has
+    /// a bug. Not skipped either.
+    #[error("event at position {position} does not fit the read model: {reason}")]
+    Inconsistent { position: u64, reason: String },
+    /// A projection's own failure.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A named, versioned consumer of the global log that keeps a read model in the side
+/// tables.
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// Unique among the projections of a process; the checkpoint's key.
+    fn name(&self) -> &'static str;
+
+    /// Bumped whenever the projection's output for the same log changes; a change resets
+    /// the read model and replays the log into it.
+    fn version(&self) -> u32;
+
+    /// The tables holding this projection's rows, emptied in this order on a reset
+    /// (children before parents).
+    fn tables(&self) -> &'static [&'static str];
+
+    /// Applies a batch of events, in log order, inside the runner's transaction. The
+    /// batch holds every event of the log in its range, including types the projection
+    /// ignores. An error rolls back everything done here.
+    async fn apply(&self, tx: &mut Tx, events: &[RecordedEvent]) -> Result<(), ProjectionError>;
+}
+
+/// Decodes a stored event if its type is one of `wanted`; `Ok(None)` for other types.
+pub fn decode_wanted(
+    event: &RecordedEvent,
+    wanted: &[&str],
+) -> Result<Option<DomainEvent>, ProjectionError> {
+    if !wanted.contains(&event.event_type.as_str()) {
+        return Ok(None);
+    }
+    DomainEvent::decode(&event.event_type, event.schema_version, &event.payload)
+        .map(Some)
+        .map_err(|e| ProjectionError::Decode {
+            position: event.position,
+            reason: e.to_string(),
+        })
+}
+
+/// Bounds and timings of the runners.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Events read and applied in one transaction.
+    pub batch_events_max: usize,
+    /// The safety-net poll: how long a caught-up runner waits for a head change before
+    /// reading anyway (appends by other processes on SQLite wake nobody).
+    pub poll_interval_ms: u64,
+    /// The first retry delay after an error; doubled on each further error.
+    pub retry_backoff_ms_min: u64,
+    /// The longest retry delay.
+    pub retry_backoff_ms_max: u64,
+}
+
+/// One transaction stays well below the store's largest read.
+pub const BATCH_EVENTS_MAX: usize = 10_000;
+const _: () = assert!(BATCH_EVENTS_MAX <= boxoffice_store::READ_LIMIT_MAX);
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            // On SQLite a batch's transaction holds the database's one write lock, which
+            // the event store's appends wait for: at ~13k events/s of catch-up (measured,
+            // release build) 256 events hold it for about 20 ms.
+            batch_events_max: 256,
+            poll_interval_ms: 2_000,
+            retry_backoff_ms_min: 100,
+            retry_backoff_ms_max: 30_000,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    fn check(&self) {
+        assert!(
+            (1..=BATCH_EVENTS_MAX).contains(&self.batch_events_max),
+            "batch_events_max must be 1..={BATCH_EVENTS_MAX}"
+        );
+        assert!(
+            self.poll_interval_ms > 0,
+            "poll_interval_ms must be positive"
+        );
+        assert!(
+            0 < self.retry_backoff_ms_min && self.retry_backoff_ms_min <= self.retry_backoff_ms_max,
+            "retry backoff bounds must be positive and ordered"
+        );
+    }
+}
+
+/// A projection's stored checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub version: u32,
+    /// The last log position applied (0: none yet).
+    pub position: u64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Reads a projection's checkpoint, if it has one.
+pub async fn load_checkpoint(
+    pool: &TablePool,
+    name: &str,
+) -> Result<Option<Checkpoint>, sqlx::Error> {
+    let row = db::fetch_optional(
+        pool,
+        "SELECT version, position, updated_at FROM projection_checkpoints WHERE name = $1",
+        &[name.into()],
+    )
+    .await?;
+    row.map(|r| {
+        Ok(Checkpoint {
+            version: decode_version(r.int("version")?)?,
+            position: r.position("position")?,
+            updated_at: r.time("updated_at")?,
+        })
+    })
+    .transpose()
+}
+
+fn decode_version(raw: i64) -> Result<u32, sqlx::Error> {
+    u32::try_from(raw).map_err(|_| sqlx::Error::ColumnDecode {
+        index: "version".into(),
+        source: format!("version {raw} out of range").into(),
+    })
+}
+
+/// The checkpoint as `(version, position)`, locked until the transaction ends.
+async fn lock_checkpoint(tx: &mut Tx, name: &str) -> Result<Option<(u32, u64)>, sqlx::Error> {
+    // SQLite's BEGIN IMMEDIATE already holds the database's write lock.
+    let sql = match tx.backend() {
+        Backend::Postgres => {
+            "SELECT version, position FROM projection_checkpoints WHERE name = $1 FOR UPDATE"
+        }
+        Backend::Sqlite => "SELECT version, position FROM projection_checkpoints WHERE name = $1",
+    };
+    let row = tx.fetch_optional(sql, &[name.into()]).await?;
+    row.map(|r| Ok((decode_version(r.int("version")?)?, r.position("position")?)))
+        .transpose()
+}
+
+/// What the API holds of a running projection: its applied position.
+#[derive(Clone)]
+pub struct ProjectorHandle {
+    name: &'static str,
+    version: u32,
+    applied: watch::Receiver<u64>,
+}
+
+impl ProjectorHandle {
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The last log position whose effects are committed in the read model (0 until the
+    /// runner has loaded its checkpoint).
+    pub fn position(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// A watch of [`Self::position`], for waking on progress.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
+
+    /// Waits until the read model reflects `position` (so a caller can read its own
+    /// write); `false` if that did not happen within `timeout` or the runner stopped.
+    pub async fn wait_for(&self, position: u64, timeout: Duration) -> bool {
+        let mut applied = self.applied.clone();
+        matches!(
+            tokio::time::timeout(timeout, applied.wait_for(|p| *p >= position)).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+/// A set of running projections. Dropping it stops them too (at their next await);
+/// [`Projections::shutdown`] also waits for them to finish.
+pub struct Projections {
+    handles: Vec<ProjectorHandle>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Projections {
+    /// Starts one runner task per projection. Panics on a duplicate name or a bad config
+    /// (both are programming errors).
+    pub fn start(
+        store: Arc<dyn EventStore>,
+        pool: TablePool,
+        projections: Vec<Arc<dyn Projection>>,
+        config: RuntimeConfig,
+    ) -> Self {
+        config.check();
+        let (shutdown, _) = watch::channel(false);
+        let mut handles = Vec::with_capacity(projections.len());
+        let mut tasks = Vec::with_capacity(projections.len());
+        for projection in projections {
+            let name = projection.name();
+            assert!(
+                !handles.iter().any(|h: &ProjectorHandle| h.name == name),
+                "projection {name} started twice"
+            );
+            for table in projection.tables() {
+                assert!(
+                    !table.is_empty() && table.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                    "projection {name} names a table {table:?} that is not a plain identifier"
+                );
+            }
+            let (applied, applied_rx) = watch::channel(0);
+            handles.push(ProjectorHandle {
+                name,
+                version: projection.version(),
+                applied: applied_rx,
+            });
+            let runner = Runner {
+                projection,
+                store: Arc::clone(&store),
+                pool: pool.clone(),
+                config: config.clone(),
+                applied,
+            };
+            tasks.push(tokio::spawn(runner.run(shutdown.subscribe())));
+        }
+        Self {
+            handles,
+            shutdown,
+            tasks,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ProjectorHandle> {
+        self.handles.iter().find(|h| h.name == name)
+    }
+
+    pub fn handles(&self) -> &[ProjectorHandle] {
+        &self.handles
+    }
+
+    /// Waits until every projection reflects `position`.
+    pub async fn wait_for_all(&self, position: u64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for handle in &self.handles {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !handle.wait_for(position, left).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Stops every runner (an open transaction is rolled back) and waits for them.
+    pub async fn shutdown(self) {
+        self.shutdown.send_replace(true);
+        for task in self.tasks {
+            if let Err(e) = task.await
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
+}
+
+struct Runner {
+    projection: Arc<dyn Projection>,
+    store: Arc<dyn EventStore>,
+    pool: TablePool,
+    config: RuntimeConfig,
+    applied: watch::Sender<u64>,
+}
+
+enum Step {
+    /// Nothing after the checkpoint.
+    Idle,
+    /// A batch was applied (or the checkpoint reloaded); `more` if another may follow
+    /// at once.
+    Progress { more: bool },
+}
+
+/// Resolves when shutdown is asked for, or when its sender is gone.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+impl Runner {
+    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let name = self.projection.name();
+        let poll = Duration::from_millis(self.config.poll_interval_ms);
+        let backoff_min = Duration::from_millis(self.config.retry_backoff_ms_min);
+        let backoff_max = Duration::from_millis(self.config.retry_backoff_ms_max);
+        let mut head = self.store.subscribe_head();
+        let mut known: Option<u64> = None;
+        let mut backoff = backoff_min;
+        let mut failures: u32 = 0;
+        tracing::info!(projection = name, "projection started");
+        loop {
+            // A step is cancelled at shutdown: its transaction rolls back, which loses
+            // nothing (the checkpoint moves only with a commit).
+            let step = tokio::select! {
+                biased;
+                () = stopped(&mut shutdown) => break,
+                step = self.step(&mut known, &mut head) => step,
+            };
+            match step {
+                Ok(step) => {
+                    if failures > 0 {
+                        tracing::info!(projection = name, failures, "projection recovered");
+                    }
+                    failures = 0;
+                    backoff = backoff_min;
+                    if let Step::Progress { more: true } = step {
+                        continue;
+                    }
+                    tokio::select! {
+                        biased;
+                        () = stopped(&mut shutdown) => break,
+                        changed = head.changed() => {
+                            // The store is gone; only the poll is left to wake us.
+                            if changed.is_err() {
+                                tokio::time::sleep(poll).await;
+                            }
+                        }
+                        () = tokio::time::sleep(poll) => {}
+                    }
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    known = None;
+                    let retry_in_ms = backoff.as_millis() as u64;
+                    if matches!(
+                        e,
+                        ProjectionError::Decode { .. } | ProjectionError::Inconsistent { .. }
+                    ) {
+                        // Retrying will not help until the code or the log changes: the
+                        // read model stays behind until someone acts.
+                        tracing::error!(
+                            projection = name,
+                            error = %e,
+                            failures,
+                            retry_in_ms,
+                            "projection stuck on an event it cannot apply"
+                        );
+                    } else {
+                        tracing::warn!(
+                            projection = name,
+                            error = %e,
+                            failures,
+                            retry_in_ms,
+                            "projection batch failed; retrying"
+                        );
+                    }
+                    tokio::select! {
+                        biased;
+                        () = stopped(&mut shutdown) => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(backoff_max);
+                }
+            }
+        }
+        tracing::info!(projection = name, "projection stopped");
+    }
+
+    fn publish(&self, position: u64) {
+        self.applied.send_if_modified(|current| {
+            let changed = *current != position;
+            *current = position;
+            changed
+        });
+    }
+
+    async fn step(
+        &self,
+        known: &mut Option<u64>,
+        head: &mut watch::Receiver<u64>,
+    ) -> Result<Step, ProjectionError> {
+        let name = self.projection.name();
+        let version = self.projection.version();
+        let position = match *known {
+            Some(position) => position,
+            None => {
+                let position = self.prepare().await?;
+                *known = Some(position);
+                self.publish(position);
+                position
+            }
+        };
+        // Marked seen before reading: an append after this point wakes the next wait.
+        head.borrow_and_update();
+        let events = self
+            .store
+            .read_all(position, self.config.batch_events_max)
+            .await?;
+        let Some(last) = events.last().map(|e| e.position) else {
+            return Ok(Step::Idle);
+        };
+        let mut previous = position;
+        for event in &events {
+            assert!(
+                event.position > previous,
+                "read_all returned position {} after {previous} for {name}",
+                event.position
+            );
+            previous = event.position;
+        }
+
+        let mut tx = Tx::begin(&self.pool).await?;
+        let stored = lock_checkpoint(&mut tx, name).await?;
+        if stored != Some((version, position)) {
+            // Another runner (another process) moved the checkpoint, or reset it.
+            tx.rollback().await?;
+            tracing::info!(
+                projection = name,
+                expected = position,
+                ?stored,
+                "checkpoint moved under this runner; reloading it"
+            );
+            *known = None;
+            return Ok(Step::Progress { more: true });
+        }
+        self.projection.apply(&mut tx, &events).await?;
+        let updated = tx
+            .execute(
+                "UPDATE projection_checkpoints SET position = $2, updated_at = $3 WHERE name = $1",
+                &[name.into(), position_param(last), Utc::now().into()],
+            )
+            .await?;
+        assert_eq!(updated, 1, "the locked checkpoint row of {name} exists");
+        tx.commit().await?;
+        *known = Some(last);
+        self.publish(last);
+        Ok(Step::Progress {
+            more: events.len() >= self.config.batch_events_max,
+        })
+    }
+
+    /// Loads the checkpoint, creating it at 0, and resets the read model if the stored
+    /// version is not the code's.
+    async fn prepare(&self) -> Result<u64, ProjectionError> {
+        let name = self.projection.name();
+        let version = self.projection.version();
+        let mut tx = Tx::begin(&self.pool).await?;
+        tx.execute(
+            "INSERT INTO projection_checkpoints (name, version, position, updated_at)
+             VALUES ($1, $2, 0, $3) ON CONFLICT (name) DO NOTHING",
+            &[name.into(), i64::from(version).into(), Utc::now().into()],
+        )
+        .await?;
+        let Some((stored_version, position)) = lock_checkpoint(&mut tx, name).await? else {
+            return Err(ProjectionError::Failed(format!(
+                "the checkpoint row of {name} vanished while it was being loaded"
+            )));
+        };
+        if stored_version == version {
+            tx.commit().await?;
+            tracing::info!(projection = name, version, position, "checkpoint loaded");
+            return Ok(position);
+        }
+        tracing::warn!(
+            projection = name,
+            stored_version,
+            version,
+            "projection version changed; emptying its tables and replaying the log"
+        );
+        for table in self.projection.tables() {
+            tx.execute(&format!("DELETE FROM {table}"), &[]).await?;
+        }
+        tx.execute(
+            "UPDATE projection_checkpoints SET version = $2, position = 0, updated_at = $3 WHERE name = $1",
+            &[name.into(), i64::from(version).into(), Utc::now().into()],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(0)
+    }
+}
