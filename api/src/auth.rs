@@ -8,23 +8,24 @@ use std::sync::Arc;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
-use axum::Router;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use boxoffice_domain::UserId;
 use boxoffice_store::users::{UserDirectory, UserError, UserRecord};
 use chrono::Utc;
 use jsonwebtoken::{Algorithm as JwtAlgorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::Semaphore;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use validator::Validate;
 
 use crate::error::{ApiError, ApiResult};
 use crate::json::Json;
+use crate::openapi::Problem;
 use crate::state::AppState;
 
 /// OWASP's minimum for argon2id: 19 MiB, 2 iterations, 1 lane.
@@ -236,20 +237,50 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/auth/register", post(register))
-        .route("/v1/auth/token", post(token))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(token))
 }
 
-#[derive(Debug, Deserialize, Validate)]
+/// A new buyer account.
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[schema(example = json!({"email": "ana@example.com", "password": "correct horse", "display_name": "Ana"}))]
 pub struct RegisterBody {
     #[validate(email(message = "must be an email address"), length(max = 254))]
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    /// 8 to 1024 characters.
     #[validate(length(min = PASSWORD_LEN_MIN, max = PASSWORD_LEN_MAX, message = "must be 8 to 1024 characters"))]
+    #[schema(min_length = 8, max_length = 1024)]
     password: String,
     #[validate(length(min = 1, max = 200, message = "must be 1 to 200 characters"))]
+    #[schema(min_length = 1, max_length = 200)]
     display_name: Option<String>,
+}
+
+/// A registered user.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    #[schema(example = "usr_0192f0c4a3b27e61a0c3d0e5b0a1c2d3")]
+    pub user_id: String,
+    #[schema(example = "ana@example.com")]
+    pub email: String,
+    #[schema(example = json!(["buyer"]))]
+    pub roles: Vec<String>,
+    #[schema(required = true)]
+    pub display_name: Option<String>,
+}
+
+/// An access token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenView {
+    pub access_token: String,
+    #[schema(example = "Bearer")]
+    pub token_type: String,
+    /// Seconds the token is valid for.
+    #[schema(example = 900)]
+    pub expires_in: u64,
 }
 
 impl RegisterBody {
@@ -326,6 +357,22 @@ pub async fn create_user(
     }
 }
 
+/// Register a buyer
+///
+/// Creates a user with the `buyer` role. Staff roles are given from the command line
+/// (`boxoffice user add`).
+#[utoipa::path(
+    post,
+    path = "/v1/auth/register",
+    tag = "auth",
+    request_body = RegisterBody,
+    responses(
+        (status = 201, description = "Registered.", body = UserView,
+         headers(("Location" = String, description = "The user's URL."))),
+        (status = 409, description = "`email_taken`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: a bad email or a password under 8 characters.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn register(
     State(app): State<AppState>,
     Json(body): Json<RegisterBody>,
@@ -341,7 +388,12 @@ async fn register(
     )
     .await?;
     let location = format!("/v1/users/{}", user.user_id);
-    let body = json!({"user_id": user.user_id, "email": user.email, "roles": user.roles, "display_name": user.display_name});
+    let body = UserView {
+        user_id: user.user_id,
+        email: user.email,
+        roles: user.roles,
+        display_name: user.display_name,
+    };
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
@@ -350,12 +402,27 @@ async fn register(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// A user's credentials.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"email": "ana@example.com", "password": "correct horse"}))]
 pub struct TokenBody {
     email: String,
     password: String,
 }
 
+/// Sign in
+///
+/// Exchanges an email and password for an access token.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/token",
+    tag = "auth",
+    request_body = TokenBody,
+    responses(
+        (status = 200, description = "Signed in.", body = TokenView),
+        (status = 401, description = "`invalid_credentials`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn token(State(app): State<AppState>, Json(body): Json<TokenBody>) -> ApiResult<Response> {
     let invalid = || {
         ApiError::new(
@@ -394,8 +461,10 @@ async fn token(State(app): State<AppState>, Json(body): Json<TokenBody>) -> ApiR
             e.to_string(),
         )
     })?;
-    Ok(axum::Json(
-        json!({"access_token": token, "token_type": "Bearer", "expires_in": TOKEN_TTL_SECONDS}),
-    )
+    Ok(axum::Json(TokenView {
+        access_token: token,
+        token_type: "Bearer".into(),
+        expires_in: TOKEN_TTL_SECONDS,
+    })
     .into_response())
 }

@@ -1,40 +1,46 @@
 //! The show catalogue: listing and searching shows, soonest first, with cursor
 //! pagination. Reads the seat-map read model (every show the log has scheduled).
 
-use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use boxoffice_domain::ShowId;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::{ApiError, ApiResult};
+use crate::openapi::Problem;
 use crate::state::AppState;
-use crate::views;
+use crate::views::{ShowPage, ShowView};
 
 pub const PAGE_LIMIT_DEFAULT: usize = 50;
 pub const PAGE_LIMIT_MAX: usize = 100;
 /// Longest search text accepted.
 const QUERY_LEN_MAX: usize = 200;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/shows", get(list_shows))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_shows))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
     /// Text to find in the show's or the venue's name (case-insensitive).
+    #[param(max_length = 200)]
     q: Option<String>,
     /// The venue's city (case-insensitive, exact).
     city: Option<String>,
     /// Shows starting at or after this instant.
     from: Option<DateTime<Utc>>,
-    /// Shows starting before this instant.
+    /// Shows starting before this instant (after `from`).
     to: Option<DateTime<Utc>>,
+    /// Shows per page.
+    #[param(minimum = 1, maximum = 100, default = 50)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -51,9 +57,15 @@ fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, ShowId)> {
     if !cursor.len().is_multiple_of(2) || cursor.len() > 512 {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..cursor.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&cursor[i..i + 2], 16).ok())
+    // Pairs of bytes, not of characters: a cursor that is not ASCII must be refused, not
+    // sliced in the middle of a character.
+    let bytes: Option<Vec<u8>> = cursor
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let hex = std::str::from_utf8(pair).ok()?;
+            u8::from_str_radix(hex, 16).ok()
+        })
         .collect();
     let text = String::from_utf8(bytes?).ok()?;
     let (at, id) = text.split_once('|')?;
@@ -63,6 +75,19 @@ fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, ShowId)> {
     ))
 }
 
+/// List shows
+///
+/// Every show, soonest first, optionally filtered; paginated with `limit` and `cursor`.
+#[utoipa::path(
+    get,
+    path = "/v1/shows",
+    tag = "shows",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of shows.", body = ShowPage),
+        (status = 422, description = "`validation_failed`: a bad `limit`, `cursor`, `q`, or `to` not after `from`.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn list_shows(
     State(app): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
@@ -106,7 +131,7 @@ async fn list_shows(
     let now = app.engine.clock().now();
 
     // Matching shows with their sort key; each show's lock is held only to read it.
-    let mut matches: Vec<(DateTime<Utc>, ShowId, Value)> = Vec::new();
+    let mut matches: Vec<(DateTime<Utc>, ShowId, ShowView)> = Vec::new();
     for view in app.seatmaps.shows() {
         let view = view.read().expect("show lock");
         let Some(show) = view.state.show.as_ref() else {
@@ -126,7 +151,7 @@ async fn list_shows(
         {
             continue;
         }
-        matches.push((key.0, key.1, views::show(&view.state, show, now)));
+        matches.push((key.0, key.1, ShowView::new(&view.state, show, now)));
     }
     matches.sort_by_key(|m| (m.0, m.1));
     let more = matches.len() > limit;
@@ -136,8 +161,8 @@ async fn list_shows(
     } else {
         None
     };
-    let data: Vec<Value> = matches.into_iter().map(|(_, _, v)| v).collect();
-    Ok(axum::Json(json!({"data": data, "next_cursor": next_cursor})).into_response())
+    let data: Vec<ShowView> = matches.into_iter().map(|(_, _, v)| v).collect();
+    Ok(axum::Json(ShowPage { data, next_cursor }).into_response())
 }
 
 #[cfg(test)]
@@ -149,7 +174,16 @@ mod tests {
         let at: DateTime<Utc> = "2030-05-01T20:00:00Z".parse().unwrap();
         let id = ShowId(uuid::Uuid::now_v7());
         assert_eq!(decode_cursor(&encode_cursor(at, id)), Some((at, id)));
-        for bad in ["", "zz", "abc", "7c7c", &"ab".repeat(300)] {
+        for bad in [
+            "",
+            "zz",
+            "abc",
+            "7c7c",
+            &"ab".repeat(300),
+            "K¬Áòú",
+            "¬7c",
+            "+1",
+        ] {
             assert_eq!(decode_cursor(bad), None, "{bad}");
         }
     }

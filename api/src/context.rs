@@ -100,6 +100,40 @@ async fn problem_for_status(response: Response) -> Response {
     problem
 }
 
+/// Writes JSON with every non-ASCII character escaped (`\u00e9`). A problem's `detail`
+/// can echo what the client sent, and `application/problem+json` names no charset, so a
+/// client that guesses the charset from the bytes (as Python's `requests` does for any
+/// type but `application/json`) could misread UTF-8 and break the JSON; ASCII reads the
+/// same under every guess.
+struct AsciiJson;
+
+impl serde_json::ser::Formatter for AsciiJson {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        for c in fragment.chars() {
+            if c.is_ascii() {
+                writer.write_all(&[c as u8])?;
+            } else {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    write!(writer, "\\u{unit:04x}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn to_ascii_json(value: &serde_json::Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, AsciiJson);
+    serde::Serialize::serialize(value, &mut serializer).expect("a JSON value serializes");
+    out
+}
+
 /// Problem bodies are small; the id is written into the `request_id` member.
 async fn fill_problem_request_id(response: Response, id: &str) -> Response {
     let (parts, body) = response.into_parts();
@@ -112,7 +146,7 @@ async fn fill_problem_request_id(response: Response, id: &str) -> Response {
                 "request_id".into(),
                 serde_json::Value::String(id.to_string()),
             );
-            serde_json::to_vec(&map).unwrap_or_else(|_| bytes.to_vec())
+            to_ascii_json(&serde_json::Value::Object(map))
         }
         _ => bytes.to_vec(),
     };
@@ -140,4 +174,21 @@ pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>
         ));
     }
     Ok(Some(key.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_json_is_ascii_and_reads_back_the_same() {
+        let value = serde_json::json!({
+            "detail": "unknown section \"\u{7f}A\u{87}\u{f7}\u{40081}é\"",
+            "n": 1,
+        });
+        let bytes = to_ascii_json(&value);
+        assert!(bytes.is_ascii(), "{}", String::from_utf8_lossy(&bytes));
+        let back: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back, value);
+    }
 }

@@ -153,6 +153,10 @@ impl From<BookingError> for ApiError {
             BookingError::WaitlistEntryClosed => {
                 ApiError::new(S::CONFLICT, "waitlist_entry_closed", detail)
             }
+            BookingError::VersionMismatch { current } => {
+                ApiError::new(S::PRECONDITION_FAILED, "precondition_failed", detail)
+                    .with("version", current)
+            }
         }
     }
 }

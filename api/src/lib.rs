@@ -1,6 +1,8 @@
 //! The Boxoffice HTTP server: configuration, start-up and the router. `main` only wires
 //! config and tracing; [`Application`] builds the server, can bind port 0 so tests run
-//! it for real, and shuts down when the future it is given completes.
+//! it for real, and shuts down when the future it is given completes. The router and
+//! the OpenAPI document at `/openapi.json` are built together from [`api`], so a route
+//! cannot exist without its documentation.
 
 pub mod auth;
 pub mod catalog;
@@ -11,6 +13,7 @@ pub mod json;
 pub mod limits;
 pub mod manage;
 pub mod metrics;
+pub mod openapi;
 pub mod reservations;
 pub mod seatmap;
 pub mod shows;
@@ -29,15 +32,17 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Router, middleware};
 use boxoffice_commands::{Engine, EngineConfig};
 use boxoffice_domain::{RandomIds, SystemClock};
 use boxoffice_store::EventStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
@@ -201,6 +206,12 @@ impl Application {
         self.listener.local_addr().expect("bound listener")
     }
 
+    /// Every (method, path) the server's router registers, read from the router itself
+    /// (see [`openapi::registered_routes`]), for tests that hold it against the document.
+    pub fn registered_routes(&self) -> Vec<openapi::RegisteredRoute> {
+        openapi::registered_routes(&router(self.state.clone()))
+    }
+
     /// The user directory and token issuer, for tests and tools that create users.
     pub fn user_admin(&self) -> (Arc<UserDirectory>, Arc<Auth>) {
         (Arc::clone(&self.state.users), Arc::clone(&self.state.auth))
@@ -249,20 +260,55 @@ impl Application {
     }
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// Every API route with its OpenAPI operation.
+///
+/// How a module is added: the module has `pub fn router() -> OpenApiRouter<AppState>`
+/// that registers its handlers with `.routes(routes!(handler))`, one `routes!` call per
+/// path (the macro routes every handler it is given on each of their paths). Each
+/// handler carries `#[utoipa::path(...)]` with its method, path, `tag`, `params`,
+/// `request_body` (a type deriving `ToSchema`, with an example), and every response it
+/// gives: the success body and each error as `body = Problem, content_type =
+/// "application/problem+json"`, its codes in the description. A handler that takes a
+/// `Caller` also has `security(("bearer_auth" = []))` and `extensions(("x-roles" =
+/// json!([...])))` naming the roles that pass its role check (and `"x-forbidden-roles"`
+/// if some of those are still refused 403 on another user's object; see `openapi`).
+/// Then `.merge(module::router())` below. The answers that layers give (401, 429, 500,
+/// 503, the body extractor's and the idempotency layer's) are added to the document by
+/// `openapi::add_layer_responses`.
+///
+/// `tests/tests/http_openapi.rs` fails if the router has a route the document lacks
+/// (say, one added with a plain `.route(...)`); `tests/tests/http_auth.rs` fails for a
+/// secured operation without `x-roles`, a body without an example, or a path parameter
+/// it has no value for (add one to `Fixture::path_value` there).
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
         .merge(auth::router())
         .merge(catalog::router())
         .merge(shows::router())
         .merge(manage::router())
         .merge(waitlist::router())
         .merge(reservations::router())
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics::scrape))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics::scrape))
+}
+
+/// The OpenAPI document, as `GET /openapi.json` serves it.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let mut doc = api().into_openapi();
+    openapi::add_layer_responses(&mut doc);
+    doc
+}
+
+pub fn router(state: AppState) -> Router {
+    let (api, mut doc) = api().split_for_parts();
+    openapi::add_layer_responses(&mut doc);
+    api.merge(openapi::docs_router(doc))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
+        // Innermost, so that the idempotency layer sees the 500 and frees the key.
+        .layer(CatchPanicLayer::custom(handler_panicked))
         // Inside the request-id and timeout layers, so a replayed error names the
         // request that got it and a stuck first request is cut off.
         .layer(middleware::from_fn_with_state(
@@ -307,10 +353,32 @@ async fn purge_idempotency_keys(
     }
 }
 
+/// Liveness
+///
+/// 200 while the process runs.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    responses((status = 200, description = "Alive.", body = String, content_type = "text/plain", example = "ok"))
+)]
 async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Readiness
+///
+/// 200 once the database is reachable and the write side has loaded; 503 while starting
+/// or shutting down.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    responses(
+        (status = 200, description = "Ready.", body = String, content_type = "text/plain", example = "ready"),
+        (status = 503, description = "`not_ready`", body = openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn readyz(State(app): State<AppState>) -> Response {
     let ready = app.ready.load(Ordering::Acquire) && app.engine.store().ping().await.is_ok();
     if ready {
@@ -323,6 +391,23 @@ async fn readyz(State(app): State<AppState>) -> Response {
         )
         .into_response()
     }
+}
+
+/// The answer to a request whose handler panicked: a bug, logged with its message; the
+/// client gets a problem like any other error rather than a dropped connection.
+fn handler_panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = message, "a request handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "the server failed to answer this request",
+    )
+    .into_response()
 }
 
 async fn not_found() -> ApiError {

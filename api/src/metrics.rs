@@ -280,8 +280,19 @@ pub async fn track_requests(
     response
 }
 
-/// `GET /metrics`: every metric in the Prometheus text format. Unauthenticated, like
+/// Prometheus metrics
+///
+/// Every metric in the Prometheus text format, version 0.0.4. Unauthenticated, like
 /// `/healthz`; keep it off the public listener in production.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    operation_id = "metrics",
+    responses(
+        (status = 200, description = "The metrics.", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
+    )
+)]
 pub async fn scrape(State(app): State<AppState>) -> Response {
     let body = app.metrics.render(app.engine.stats());
     (

@@ -1,22 +1,32 @@
 //! Reservations: read and cancel.
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use boxoffice_commands::CommandMeta;
 use boxoffice_domain::{Command, ReservationId, ShowId};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ApiResult};
+use crate::openapi::Problem;
 use crate::state::AppState;
-use crate::views;
+use crate::views::ReservationView;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route(
-        "/v1/reservations/{reservation_id}",
-        get(get_reservation).delete(cancel_reservation),
-    )
+pub fn router() -> OpenApiRouter<AppState> {
+    // One `routes!` per path: it routes every handler it is given on each of their paths.
+    OpenApiRouter::new().routes(routes!(get_reservation, cancel_reservation))
+}
+
+/// The path parameter naming a reservation.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ReservationPath {
+    /// The reservation's id.
+    #[param(example = "rsv_0192f0c4a3b27e61a0c3d0e5b0a1c2d3")]
+    pub reservation_id: String,
 }
 
 /// Finds the reservation's show; another user's reservation is "not found" (no leak).
@@ -36,6 +46,22 @@ async fn locate(app: &AppState, caller: &Caller, raw: &str) -> ApiResult<(ShowId
     Ok((show, id))
 }
 
+/// Get a reservation
+///
+/// The caller's own reservation; support staff and admins read any. Another buyer's
+/// reservation is 404, as if it did not exist.
+#[utoipa::path(
+    get,
+    path = "/v1/reservations/{reservation_id}",
+    tag = "reservations",
+    params(ReservationPath),
+    security(("bearer_auth" = [])),
+    extensions(("x-roles" = json!(["buyer"]))),
+    responses(
+        (status = 200, description = "The reservation.", body = ReservationView),
+        (status = 404, description = "`reservation_not_found`: no such reservation, or another buyer's.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn get_reservation(
     State(app): State<AppState>,
     caller: Caller,
@@ -46,13 +72,30 @@ async fn get_reservation(
         .engine
         .query(show, move |s| {
             s.reservation(id)
-                .map(|r| views::reservation(r, &show.to_string()))
+                .map(|r| ReservationView::new(r, &show.to_string()))
         })
         .await?
         .ok_or_else(|| ApiError::not_found("reservation_not_found", "reservation"))?;
     Ok(axum::Json(body).into_response())
 }
 
+/// Cancel a reservation
+///
+/// Releases a held reservation's seats (to the waitlist first). The owner may; so may
+/// support staff and admins. Another buyer's reservation is 404.
+#[utoipa::path(
+    delete,
+    path = "/v1/reservations/{reservation_id}",
+    tag = "reservations",
+    params(ReservationPath),
+    security(("bearer_auth" = [])),
+    extensions(("x-roles" = json!(["buyer"]))),
+    responses(
+        (status = 200, description = "Cancelled.", body = ReservationView),
+        (status = 404, description = "`reservation_not_found`: no such reservation, or another buyer's.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`reservation_not_held`: payment is pending or done, or it is already closed.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn cancel_reservation(
     State(app): State<AppState>,
     caller: Caller,
@@ -71,5 +114,5 @@ async fn cancel_reservation(
         .reservation
         .as_ref()
         .expect("a cancel answers with its reservation");
-    Ok(axum::Json(views::reservation(reservation, &show.to_string())).into_response())
+    Ok(axum::Json(ReservationView::new(reservation, &show.to_string())).into_response())
 }

@@ -2,11 +2,9 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use boxoffice_commands::CommandMeta;
 use boxoffice_domain::booking::{HoldRequest, Selection};
 use boxoffice_domain::show::{
@@ -16,69 +14,126 @@ use boxoffice_domain::show::{
 use boxoffice_domain::{Command, Minor, ReservationId, ShowId};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Caller, Role};
 use crate::context::idempotency_key;
 use crate::error::{ApiError, ApiResult};
 use crate::json::Json;
+use crate::openapi::Problem;
 use crate::state::AppState;
-use crate::views;
+use crate::views::{ReservationView, SeatmapView, SectionKind, ShowView};
 
 /// Longest `?min_position=` waits for the seat map to catch up.
 const MIN_POSITION_WAIT_MS_MAX: u64 = 5_000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/shows", post(create_show))
-        .route("/v1/shows/{show_id}", get(get_show))
-        .route("/v1/shows/{show_id}/seatmap", get(get_seatmap))
-        .route(
-            "/v1/shows/{show_id}/seatmap/stream",
-            get(crate::stream::seatmap_stream),
-        )
-        .route("/v1/shows/{show_id}/holds", post(create_hold))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_show))
+        .routes(routes!(get_show))
+        .routes(routes!(get_seatmap))
+        .routes(routes!(crate::stream::seatmap_stream))
+        .routes(routes!(create_hold))
 }
 
-#[derive(Debug, Deserialize)]
+/// The path parameter naming a show, shared by every route under `/v1/shows/{show_id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ShowPath {
+    /// The show's id.
+    #[param(example = "shw_0192f0c4a3b27e61a0c3d0e5b0a1c2d3")]
+    pub show_id: String,
+}
+
+/// A show's limits; every member is optional (the defaults are shown).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsInput {
+    #[schema(example = 8)]
     max_tickets_per_user: Option<u32>,
+    #[schema(example = 300)]
     hold_ttl_seconds: Option<u32>,
+    #[schema(example = 120)]
     payment_timeout_seconds: Option<u32>,
+    #[schema(example = 600)]
     waitlist_claim_seconds: Option<u32>,
     max_active_holds_per_user: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A price tier.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct TierInput {
+    #[schema(example = "A")]
     id: String,
+    #[schema(example = "Front")]
     name: String,
+    /// A decimal string, not negative.
+    #[schema(example = "120.00")]
     price: String,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum SectionKind {
-    Seated,
-    GeneralAdmission,
+/// Where a show takes place.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VenueInput {
+    name: String,
+    city: String,
+    /// An ISO 3166 country code.
+    country: String,
+    /// An IANA time zone.
+    timezone: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// A row of a seated section: `seats` seats numbered from 1, all at `tier`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RowInput {
+    #[schema(example = "A")]
+    row: String,
+    #[schema(example = 30)]
+    seats: u32,
+    #[schema(example = "A")]
+    tier: String,
+}
+
+/// A section: `seated` with `rows`, or `general_admission` with `capacity` and `tier`.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct SectionInput {
+    #[schema(example = "101")]
     id: String,
+    #[schema(example = "Section 101")]
     name: String,
     kind: SectionKind,
+    /// The rows of a seated section.
     #[serde(default)]
-    rows: Option<Vec<RowDef>>,
+    rows: Option<Vec<RowInput>>,
+    /// The places of a general-admission section.
     capacity: Option<u32>,
+    /// The price tier of a general-admission section.
     tier: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A new show.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "name": "Night 1",
+    "venue": {"name": "Arena", "city": "Lisbon", "country": "PT", "timezone": "Europe/Lisbon"},
+    "starts_at": "2030-05-01T20:00:00Z",
+    "currency": "EUR",
+    "sales_open_at": null, "sales_close_at": null,
+    "limits": {"max_tickets_per_user": 8, "hold_ttl_seconds": 300,
+               "payment_timeout_seconds": 120, "waitlist_claim_seconds": 600},
+    "price_tiers": [{"id": "A", "name": "Front", "price": "120.00"},
+                    {"id": "B", "name": "Back", "price": "60.00"}],
+    "sections": [
+        {"id": "101", "name": "Section 101", "kind": "seated",
+         "rows": [{"row": "A", "seats": 30, "tier": "A"}, {"row": "B", "seats": 30, "tier": "B"}]},
+        {"id": "floor", "name": "Floor", "kind": "general_admission", "capacity": 5000, "tier": "B"}
+    ]
+}))]
 pub struct CreateShow {
     name: String,
-    venue: Venue,
+    venue: VenueInput,
     starts_at: DateTime<Utc>,
     currency: String,
     #[serde(default)]
@@ -147,7 +202,16 @@ impl CreateShow {
                             ));
                         }
                         SectionLayout::Seated {
-                            rows: s.rows.unwrap_or_default(),
+                            rows: s
+                                .rows
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|r| RowDef {
+                                    row: r.row,
+                                    seats: r.seats,
+                                    tier: r.tier,
+                                })
+                                .collect(),
                         }
                     }
                     SectionKind::GeneralAdmission => {
@@ -178,7 +242,12 @@ impl CreateShow {
             .collect();
         let definition = ShowDefinition {
             name: self.name,
-            venue: self.venue,
+            venue: Venue {
+                name: self.venue.name,
+                city: self.venue.city,
+                country: self.venue.country,
+                timezone: self.venue.timezone,
+            },
             starts_at: self.starts_at,
             currency: self.currency,
             sales_open_at: self.sales_open_at,
@@ -208,6 +277,26 @@ fn parse_show_id(raw: &str) -> ApiResult<ShowId> {
         .map_err(|_| ApiError::not_found("show_not_found", "show"))
 }
 
+/// Create a show
+///
+/// Schedules a show with its venue, price tiers and sections. Seat ids are
+/// `{section}-{row}-{number}`, numbers from 1.
+#[utoipa::path(
+    post,
+    path = "/v1/shows",
+    tag = "shows",
+    request_body = CreateShow,
+    security(("bearer_auth" = [])),
+    extensions(("x-roles" = json!(["organizer"]))),
+    responses(
+        (status = 201, description = "Scheduled.", body = ShowView, headers(
+            ("Location" = String, description = "The show's URL."),
+            ("x-log-position" = u64, description = "The event-log position of the write."),
+        )),
+        (status = 403, description = "`forbidden`: not an organizer.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: an unknown tier, a duplicate section or row, zero seats, more than 200,000 seats, a negative price…; `errors` names each field.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn create_show(
     State(app): State<AppState>,
     caller: Caller,
@@ -233,7 +322,7 @@ async fn create_show(
         .engine
         .query(show_id, move |state| {
             let show = state.show.as_ref().expect("just scheduled");
-            views::show(state, show, Utc::now())
+            ShowView::new(state, show, Utc::now())
         })
         .await?;
     let mut response = (StatusCode::CREATED, axum::Json(body)).into_response();
@@ -246,6 +335,19 @@ async fn create_show(
     Ok(response)
 }
 
+/// Get a show
+///
+/// The show with its section summaries (capacity and seats available now) and status.
+#[utoipa::path(
+    get,
+    path = "/v1/shows/{show_id}",
+    tag = "shows",
+    params(ShowPath),
+    responses(
+        (status = 200, description = "The show.", body = ShowView),
+        (status = 404, description = "`show_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn get_show(State(app): State<AppState>, Path(show_id): Path<String>) -> ApiResult<Response> {
     let show_id = parse_show_id(&show_id)?;
     let view = app
@@ -258,14 +360,43 @@ async fn get_show(State(app): State<AppState>, Path(show_id): Path<String>) -> A
         .show
         .as_ref()
         .ok_or_else(|| ApiError::not_found("show_not_found", "show"))?;
-    Ok(axum::Json(views::show(&view.state, show, app.engine.clock().now())).into_response())
+    Ok(axum::Json(ShowView::new(&view.state, show, app.engine.clock().now())).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SeatmapParams {
+    /// Wait (up to 5 s) until the map reflects at least this event-log position (the
+    /// `x-log-position` of a write), to read one's own writes. A position past the end
+    /// of the log is answered at once.
     min_position: Option<u64>,
 }
 
+/// Get a show's seat map
+///
+/// Every seat with its status, tier and price; general-admission sections with counts.
+/// The `ETag` is the log position the map reflects; `If-None-Match` with it gives 304.
+#[utoipa::path(
+    get,
+    path = "/v1/shows/{show_id}/seatmap",
+    tag = "shows",
+    params(
+        ShowPath,
+        SeatmapParams,
+        ("If-None-Match" = Option<String>, Header, pattern = "^[!-~]+( [!-~]+)*$",
+         description = "An `ETag` from an earlier answer."),
+    ),
+    responses(
+        (status = 200, description = "The seat map.", body = SeatmapView, headers(
+            ("ETag" = String, description = "The quoted log position the map reflects."),
+        )),
+        (status = 304, description = "Not modified since the `If-None-Match` position.", headers(
+            ("ETag" = String, description = "The quoted log position the map reflects."),
+        )),
+        (status = 400, description = "`bad_request`: `min_position` is not a number.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`show_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn get_seatmap(
     State(app): State<AppState>,
     Path(show_id): Path<String>,
@@ -273,11 +404,26 @@ async fn get_seatmap(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let show_id = parse_show_id(&show_id)?;
-    if let Some(min) = params.min_position {
+    if let Some(min) = params.min_position
+        && app.seatmaps.position() < min
+    {
         // Read-your-writes: wait (bounded) until the model has seen the client's write.
-        app.seatmaps
-            .wait_for(min, Duration::from_millis(MIN_POSITION_WAIT_MS_MAX))
-            .await;
+        // A position past the log's end was never handed to any client, and waiting for
+        // it would only hold the request for the whole bound.
+        let head = app.engine.store().head_position().await.map_err(|e| {
+            let mut error = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                e.to_string(),
+            );
+            error.retry_after_seconds = Some(1);
+            error
+        })?;
+        if min <= head {
+            app.seatmaps
+                .wait_for(min, Duration::from_millis(MIN_POSITION_WAIT_MS_MAX))
+                .await;
+        }
     }
     let view = app
         .seatmaps
@@ -300,7 +446,7 @@ async fn get_seatmap(
         } else {
             (
                 etag.clone(),
-                Some(views::seatmap(&view.state, show, view.position)),
+                Some(SeatmapView::new(&view.state, show, view.position)),
             )
         }
     };
@@ -314,11 +460,19 @@ async fn get_seatmap(
     Ok(response)
 }
 
-#[derive(Debug, Deserialize)]
+/// What to hold: exactly `seats` (all or nothing); or `quantity` places of the
+/// general-admission `section`; or, with `best_available`, the best `quantity` adjacent
+/// seats in one row of the seated `section` (lowest row, nearest the row's middle).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"seats": ["101-A-1", "101-A-2"]}))]
 struct HoldBody {
+    /// Seat ids, 1 to 10 of them, no duplicates.
+    #[schema(min_items = 1, max_items = 10)]
     seats: Option<Vec<String>>,
     section: Option<String>,
+    /// 1 to 10, with `section`.
+    #[schema(minimum = 1, maximum = 10)]
     quantity: Option<u32>,
     #[serde(default)]
     best_available: bool,
@@ -345,6 +499,28 @@ impl HoldBody {
     }
 }
 
+/// Hold seats
+///
+/// Holds seats for the caller until `expires_at`; check out the reservation to buy them.
+#[utoipa::path(
+    post,
+    path = "/v1/shows/{show_id}/holds",
+    tag = "reservations",
+    params(ShowPath),
+    request_body = HoldBody,
+    security(("bearer_auth" = [])),
+    extensions(("x-roles" = json!(["buyer"]))),
+    responses(
+        (status = 201, description = "Held.", body = ReservationView, headers(
+            ("Location" = String, description = "The reservation's URL."),
+            ("x-log-position" = u64, description = "The event-log position of the write."),
+        )),
+        (status = 403, description = "`ticket_limit_exceeded` (held plus bought would pass the show's `max_tickets_per_user`) or `hold_limit_exceeded` (too many active holds).", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`show_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`seats_unavailable` (with `unavailable`), `sold_out` (with `available`), `sales_closed`.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: an unknown seat, an empty list, a duplicate seat, more than 10 seats, a quantity out of range.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn create_hold(
     State(app): State<AppState>,
     caller: Caller,
@@ -374,7 +550,7 @@ async fn create_hold(
         .reservation
         .as_ref()
         .expect("a hold answers with its reservation");
-    let body: Value = views::reservation(reservation, &show_id.to_string());
+    let body = ReservationView::new(reservation, &show_id.to_string());
     let mut response = (StatusCode::CREATED, axum::Json(body)).into_response();
     let headers = response.headers_mut();
     headers.insert(

@@ -18,7 +18,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{OwnedSemaphorePermit, broadcast, watch};
 
 use crate::error::{ApiError, ApiResult};
+use crate::openapi::Problem;
 use crate::seatmap::{SeatChanges, ShowView};
+use crate::shows::ShowPath;
 use crate::state::AppState;
 use crate::views;
 
@@ -30,7 +32,28 @@ const RECONNECT_AFTER_MS: u64 = 1_000;
 /// Seconds a client is asked to wait when every stream is taken.
 const RETRY_AFTER_FULL_SECONDS: u32 = 5;
 
-/// `GET /v1/shows/{show_id}/seatmap/stream` (anyone).
+/// Follow a show's seat map
+///
+/// Server-sent events: first a `snapshot` event with the whole seat map (as
+/// `GET /v1/shows/{show_id}/seatmap` answers it), then a `seats` event per change,
+/// `{position, changes: [{id, status} | {section, available}]}`, each with the show's
+/// log position as its event id, and keep-alive comments. A client that reconnects with
+/// `Last-Event-ID` gets no snapshot if nothing changed since.
+#[utoipa::path(
+    get,
+    path = "/v1/shows/{show_id}/seatmap/stream",
+    tag = "shows",
+    operation_id = "seatmap_stream",
+    params(
+        ShowPath,
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^[!-~]+( [!-~]+)*$",
+         description = "The id of the last event received, when reconnecting."),
+    ),
+    responses(
+        (status = 200, description = "The event stream.", body = String, content_type = "text/event-stream"),
+        (status = 404, description = "`show_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn seatmap_stream(
     State(app): State<AppState>,
     Path(show_id): Path<String>,
@@ -147,12 +170,12 @@ impl Follower {
 /// The whole seat map as a `snapshot` event, and the position it reflects.
 fn snapshot(view: &ShowView) -> Option<(Event, u64)> {
     let show = view.state.show.as_ref()?;
-    let body = views::seatmap(&view.state, show, view.position);
+    let body = views::SeatmapView::new(&view.state, show, view.position);
     let event = Event::default()
         .event("snapshot")
         .id(view.position.to_string())
         .retry(Duration::from_millis(RECONNECT_AFTER_MS))
-        .data(body.to_string());
+        .data(serde_json::to_string(&body).expect("a seat map serializes"));
     Some((event, view.position))
 }
 

@@ -15,6 +15,8 @@ use boxoffice_domain::{Minor, ReservationId, ShowId, ShowState};
 use boxoffice_store::{EventStore, RecordedEvent};
 use sqlx::Connection;
 
+pub mod payments;
+
 /// A backend to run a suite against: its name and a URL for a fresh, empty store.
 pub struct Backend {
     pub name: &'static str,
@@ -336,6 +338,7 @@ pub mod http {
     use std::sync::Arc;
 
     use boxoffice_api::auth::{Auth, Role};
+    use boxoffice_api::openapi::RegisteredRoute;
     use boxoffice_api::{Application, Config};
     use boxoffice_store::users::UserDirectory;
 
@@ -346,6 +349,8 @@ pub mod http {
         pub jwt_secret: String,
         pub config: Config,
         pub client: reqwest::Client,
+        /// Every (method, path) the server's router registers, read from the router.
+        pub routes: Vec<RegisteredRoute>,
         users: Arc<UserDirectory>,
         auth: Arc<Auth>,
         stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -372,6 +377,7 @@ pub mod http {
                 .await
                 .expect("server builds");
             let base = format!("http://{}", app.local_addr());
+            let routes = app.registered_routes();
             let (users, auth) = app.user_admin();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(app.run_until(async move {
@@ -382,6 +388,7 @@ pub mod http {
                 jwt_secret,
                 config,
                 client: reqwest::Client::new(),
+                routes,
                 users,
                 auth,
                 stop: Some(stop),
@@ -417,6 +424,18 @@ pub mod http {
             &self.auth
         }
 
+        /// The OpenAPI document the server serves at `/openapi.json`.
+        pub async fn openapi(&self) -> serde_json::Value {
+            let response = self
+                .client
+                .get(format!("{}/openapi.json", self.base))
+                .send()
+                .await
+                .expect("GET /openapi.json");
+            assert_eq!(response.status(), 200, "GET /openapi.json");
+            response.json().await.expect("the document is JSON")
+        }
+
         pub fn req(
             &self,
             method: reqwest::Method,
@@ -432,5 +451,113 @@ pub mod http {
             let _ = self.stop.take().expect("running").send(());
             self.task.await.expect("server task").expect("server ran");
         }
+    }
+}
+
+/// Reading the OpenAPI document the server serves, for the suites that are generated from
+/// it (the route coverage and the auth matrix).
+pub mod openapi {
+    use serde_json::Value;
+
+    /// The methods an OpenAPI path item can hold.
+    pub const METHODS: [&str; 8] = [
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+
+    /// One operation of the document.
+    #[derive(Debug, Clone)]
+    pub struct Operation {
+        /// Upper case, as on the wire.
+        pub method: String,
+        /// The path template, `/v1/shows/{show_id}`.
+        pub path: String,
+        pub id: String,
+        /// The operation object.
+        pub spec: Value,
+    }
+
+    impl Operation {
+        /// Whether the operation needs a bearer token.
+        pub fn secured(&self) -> bool {
+            self.spec["security"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|r| r.get("bearer_auth").is_some()))
+        }
+
+        /// The `x-roles` extension, if present.
+        pub fn roles(&self) -> Option<Vec<String>> {
+            Some(
+                self.spec
+                    .get("x-roles")?
+                    .as_array()?
+                    .iter()
+                    .filter_map(|r| r.as_str().map(str::to_string))
+                    .collect(),
+            )
+        }
+
+        /// The `x-forbidden-roles` extension: roles past the role check that are still
+        /// refused (403) on an object that is not theirs. Empty if absent.
+        pub fn forbidden_roles(&self) -> Vec<String> {
+            self.spec
+                .get("x-forbidden-roles")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_str().map(str::to_string))
+                .collect()
+        }
+
+        /// The names of the path parameters the path template has.
+        pub fn path_parameters(&self) -> Vec<String> {
+            self.path
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+                .map(str::to_string)
+                .collect()
+        }
+
+        /// The example JSON body the document gives for the operation: the media type's
+        /// own example, or its schema's.
+        pub fn body_example(&self, doc: &Value) -> Option<Value> {
+            let media = &self.spec["requestBody"]["content"]["application/json"];
+            if media.is_null() {
+                return None;
+            }
+            if let Some(example) = media.get("example") {
+                return Some(example.clone());
+            }
+            resolve(doc, &media["schema"]).get("example").cloned()
+        }
+    }
+
+    /// Follows a local `$ref` (`#/components/schemas/X`), or returns the value itself.
+    pub fn resolve<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
+        match value.get("$ref").and_then(Value::as_str) {
+            Some(reference) => {
+                let pointer = reference.strip_prefix('#').expect("a local $ref");
+                doc.pointer(pointer)
+                    .unwrap_or_else(|| panic!("{reference} does not resolve"))
+            }
+            None => value,
+        }
+    }
+
+    /// Every operation of the document, by path and method.
+    pub fn operations(doc: &Value) -> Vec<Operation> {
+        let mut all = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in METHODS {
+                if let Some(spec) = item.get(method) {
+                    all.push(Operation {
+                        method: method.to_uppercase(),
+                        path: path.clone(),
+                        id: spec["operationId"].as_str().unwrap_or_default().to_string(),
+                        spec: spec.clone(),
+                    });
+                }
+            }
+        }
+        all
     }
 }

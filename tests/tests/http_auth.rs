@@ -1,9 +1,17 @@
-//! Auth over real HTTP: registration, tokens, roles and ownership, and every kind of bad
-//! token on the routes that need one.
+//! Auth over real HTTP: registration, tokens, roles and ownership; and a matrix generated
+//! from the OpenAPI document: every kind of bad token, and every role, on every operation.
+//!
+//! The matrix takes its operations, whether each needs a token, and the roles each allows
+//! from `/openapi.json` (the `bearer_auth` security requirement and the `x-roles`
+//! extension), so a new route is in it as soon as it is routed (`http_openapi.rs` proves
+//! the document has every route). A secured operation without `x-roles`, a path parameter
+//! this file has no value for, or a body without an example in the document fails it:
+//! the new route's expectations have to be written down before it passes.
 
 use boxoffice_api::auth::Role;
 use boxoffice_tests::backends;
-use boxoffice_tests::http::Server;
+use boxoffice_tests::http::{Server, TestUser};
+use boxoffice_tests::openapi::{Operation, operations};
 use jsonwebtoken::{EncodingKey, Header};
 use reqwest::Method as M;
 use serde_json::{Value, json};
@@ -215,104 +223,14 @@ async fn registration_tokens_roles_and_ownership() {
             200
         );
 
-        // Bad tokens on every route that needs one are 401, never anything else.
+        // A token within the leeway still works (clocks drift a little). Every kind of
+        // bad token on every operation is in `bad_tokens_and_wrong_roles_on_every_operation`.
         let now = chrono::Utc::now().timestamp();
-        let sub = other.user_id.clone();
-        let claims = |exp: i64, iss: &str, aud: &str| json!({"sub": sub, "iss": iss, "aud": aud, "exp": exp, "iat": now, "roles": ["buyer", "organizer"]});
-        let hs = jsonwebtoken::Algorithm::HS256;
-        let bad_tokens = vec![
-            ("malformed", "not-a-token".to_string()),
-            (
-                "forged",
-                token(
-                    "another-secret-that-is-long-enough-0000",
-                    claims(now + 600, "boxoffice", "boxoffice-api"),
-                    hs,
-                ),
-            ),
-            (
-                "expired",
-                token(
-                    &server.jwt_secret,
-                    claims(now - 60, "boxoffice", "boxoffice-api"),
-                    hs,
-                ),
-            ),
-            (
-                "wrong audience",
-                token(
-                    &server.jwt_secret,
-                    claims(now + 600, "boxoffice", "someone-else"),
-                    hs,
-                ),
-            ),
-            (
-                "wrong issuer",
-                token(
-                    &server.jwt_secret,
-                    claims(now + 600, "elsewhere", "boxoffice-api"),
-                    hs,
-                ),
-            ),
-            (
-                "other algorithm",
-                token(
-                    &server.jwt_secret,
-                    claims(now + 600, "boxoffice", "boxoffice-api"),
-                    jsonwebtoken::Algorithm::HS512,
-                ),
-            ),
-            (
-                "no subject",
-                token(
-                    &server.jwt_secret,
-                    json!({"iss": "boxoffice", "aud": "boxoffice-api", "exp": now + 600, "roles": ["admin"]}),
-                    hs,
-                ),
-            ),
-        ];
-        let routes: Vec<(M, String, Option<Value>)> = vec![
-            (
-                M::POST,
-                "/v1/shows".to_string(),
-                Some(boxoffice_tests::fixtures::one_row_show(
-                    "Auth night",
-                    20,
-                    "10.00",
-                )),
-            ),
-            (M::POST, holds.clone(), Some(json!({"seats": ["1-A-2"]}))),
-            (M::GET, reservation.clone(), None),
-            (M::DELETE, reservation.clone(), None),
-        ];
-        for (method, path, body) in &routes {
-            let mut bare = server.client.request(method.clone(), url(path));
-            if let Some(b) = body {
-                bare = bare.json(b);
-            }
-            assert_eq!(
-                code(bare.send().await.unwrap()).await.0,
-                401,
-                "{method} {path} without a token"
-            );
-            for (what, bad) in &bad_tokens {
-                let mut request = server.req(method.clone(), path, bad);
-                if let Some(b) = body {
-                    request = request.json(b);
-                }
-                let (status, c, _) = code(request.send().await.unwrap()).await;
-                assert_eq!(
-                    (status, c.as_str()),
-                    (401, "unauthorized"),
-                    "{method} {path} with a {what} token"
-                );
-            }
-        }
-        // A token within the leeway still works (clocks drift a little).
         let fresh = token(
             &server.jwt_secret,
-            claims(now - 2, "boxoffice", "boxoffice-api"),
-            hs,
+            json!({"sub": other.user_id, "iss": "boxoffice", "aud": "boxoffice-api",
+                   "exp": now - 2, "iat": now, "roles": ["buyer"]}),
+            jsonwebtoken::Algorithm::HS256,
         );
         assert_eq!(
             server
@@ -362,6 +280,260 @@ async fn registration_tokens_roles_and_ownership() {
             .await
             .unwrap();
         assert_eq!(created.status(), 201);
+        server.stop().await;
+    }
+}
+
+/// Every kind of token that must be refused, with what makes it bad.
+fn bad_tokens(server: &Server, user_id: &str) -> Vec<(&'static str, String)> {
+    let now = chrono::Utc::now().timestamp();
+    let claims = |exp: i64, iss: &str, aud: &str| {
+        json!({"sub": user_id, "iss": iss, "aud": aud, "exp": exp, "iat": now,
+               "roles": ["buyer", "organizer", "support", "auditor", "admin"]})
+    };
+    let hs = jsonwebtoken::Algorithm::HS256;
+    let secret = &server.jwt_secret;
+    vec![
+        ("malformed", "not-a-token".to_string()),
+        (
+            "forged (signed with another secret)",
+            token(
+                "another-secret-that-is-long-enough-0000",
+                claims(now + 600, "boxoffice", "boxoffice-api"),
+                hs,
+            ),
+        ),
+        (
+            "expired",
+            token(secret, claims(now - 60, "boxoffice", "boxoffice-api"), hs),
+        ),
+        (
+            "wrong audience",
+            token(secret, claims(now + 600, "boxoffice", "someone-else"), hs),
+        ),
+        (
+            "wrong issuer",
+            token(secret, claims(now + 600, "elsewhere", "boxoffice-api"), hs),
+        ),
+        (
+            "other algorithm",
+            token(
+                secret,
+                claims(now + 600, "boxoffice", "boxoffice-api"),
+                jsonwebtoken::Algorithm::HS512,
+            ),
+        ),
+        (
+            "no subject",
+            token(
+                secret,
+                json!({"iss": "boxoffice", "aud": "boxoffice-api", "exp": now + 600, "roles": ["admin"]}),
+                hs,
+            ),
+        ),
+    ]
+}
+
+/// The objects the matrix's requests name, made by the test.
+struct Fixture {
+    show_id: String,
+    reservation_id: String,
+}
+
+impl Fixture {
+    /// The value for a path parameter, and what an authorized caller's answer shows:
+    ///
+    /// - `show_id`: a real show (the contract's example) organised by the matrix's
+    ///   organizer, so its organizer and an admin pass both the role and the ownership
+    ///   check of the management operations; other roles are refused by the role check.
+    /// - `reservation_id`: a real seat held by the matrix's buyer. The owner, support and
+    ///   admin read it (200) or cancel it (200, then 409 once cancelled); the organizer and
+    ///   the auditor get 404, as another buyer's reservation is hidden, not forbidden.
+    /// - `tier_id`: `A`, a tier of the show.
+    /// - `entry_id`: a well-formed id that names no waitlist entry: 404
+    ///   `waitlist_entry_not_found` for any signed-in caller, which is only reached once
+    ///   the token and the role check have passed.
+    fn path_value(&self, parameter: &str, op: &Operation) -> String {
+        match parameter {
+            "show_id" => self.show_id.clone(),
+            "reservation_id" => self.reservation_id.clone(),
+            "tier_id" => "A".to_string(),
+            "entry_id" => format!("wle_{}", uuid::Uuid::now_v7().simple()),
+            other => panic!(
+                "{} {}: no value for the path parameter `{other}`; add one to \
+                 `Fixture::path_value` in tests/tests/http_auth.rs",
+                op.method, op.path
+            ),
+        }
+    }
+
+    fn url_path(&self, op: &Operation) -> String {
+        let mut path = op.path.clone();
+        for parameter in op.path_parameters() {
+            path = path.replace(
+                &format!("{{{parameter}}}"),
+                &self.path_value(&parameter, op),
+            );
+        }
+        path
+    }
+}
+
+/// Sends `op` with `token` (if any) and the document's example body; returns the status
+/// and, for an error, the problem's `code` and content type. A success body is not read
+/// (an event stream never ends).
+async fn send(
+    server: &Server,
+    fixture: &Fixture,
+    doc: &Value,
+    op: &Operation,
+    token: Option<&str>,
+) -> (u16, String, String) {
+    let method = M::from_bytes(op.method.as_bytes()).unwrap();
+    let url = format!("{}{}", server.base, fixture.url_path(op));
+    let mut request = server.client.request(method, url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if op.spec.get("requestBody").is_some() {
+        let body = op.body_example(doc).unwrap_or_else(|| {
+            panic!(
+                "{} {}: the document gives no example body to send",
+                op.method, op.path
+            )
+        });
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    if status < 400 {
+        return (status, String::new(), String::new());
+    }
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let (_, code, _) = code(response).await;
+    (status, code, content_type)
+}
+
+/// Whether a user with `role` (and buyer, as every user) passes an operation allowing
+/// `allowed` (admin passes every role check) and is not among the roles `forbidden` on
+/// objects that are not theirs (the fixture's objects are never the role users' own but
+/// for the buyer's reservation, and `x-forbidden-roles` may not name buyer).
+fn passes(role: Role, allowed: &[String], forbidden: &[String]) -> bool {
+    let role_check =
+        role == Role::Admin || allowed.iter().any(|a| a == "buyer" || a == role.as_str());
+    role_check && !forbidden.iter().any(|f| f == role.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_and_wrong_roles_on_every_operation() {
+    for backend in backends().await {
+        let server = Server::start(&backend.url).await;
+        let doc = server.openapi().await;
+        let ops = operations(&doc);
+        assert!(ops.len() >= 19, "{} operations", ops.len());
+
+        let organizer = server.user(&[Role::Organizer]).await;
+        let buyer = server.user(&[]).await;
+        let show: Value = server
+            .req(M::POST, "/v1/shows", &organizer.token)
+            .json(&boxoffice_tests::fixtures::contract_show())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let show_id = show["show_id"].as_str().unwrap().to_string();
+        let hold: Value = server
+            .req(M::POST, &format!("/v1/shows/{show_id}/holds"), &buyer.token)
+            .json(&json!({"seats": ["101-B-30"]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let fixture = Fixture {
+            show_id,
+            reservation_id: hold["reservation_id"].as_str().unwrap().to_string(),
+        };
+        let users: Vec<(Role, TestUser)> = vec![
+            (Role::Buyer, buyer),
+            (Role::Organizer, organizer),
+            (Role::Support, server.user(&[Role::Support]).await),
+            (Role::Auditor, server.user(&[Role::Auditor]).await),
+            (Role::Admin, server.user(&[Role::Admin]).await),
+        ];
+        let bad = bad_tokens(&server, &users[0].1.user_id);
+
+        let mut secured = 0;
+        for op in &ops {
+            let name = format!("{} {} ({})", op.method, op.path, backend.name);
+            if !op.secured() {
+                // A public operation answers a caller without a token on its merits.
+                let (status, code, _) = send(&server, &fixture, &doc, op, None).await;
+                assert!(
+                    status < 500 && code != "unauthorized" && status != 403,
+                    "{name} without a token: {status} {code}"
+                );
+                continue;
+            }
+            secured += 1;
+            let allowed = op
+                .roles()
+                .unwrap_or_else(|| panic!("{name} needs a token but its entry has no x-roles"));
+            let forbidden = op.forbidden_roles();
+            assert!(
+                !forbidden.iter().any(|f| f == "buyer"),
+                "{name}: x-forbidden-roles names buyer, the fixture objects' owner"
+            );
+
+            // No token, and every kind of bad token: 401 `unauthorized`, problem+json.
+            let (status, code, content_type) = send(&server, &fixture, &doc, op, None).await;
+            assert_eq!(
+                (status, code.as_str(), content_type.as_str()),
+                (401, "unauthorized", "application/problem+json"),
+                "{name} without a token"
+            );
+            for (what, token) in &bad {
+                let (status, code, content_type) =
+                    send(&server, &fixture, &doc, op, Some(token)).await;
+                assert_eq!(
+                    (status, code.as_str(), content_type.as_str()),
+                    (401, "unauthorized", "application/problem+json"),
+                    "{name} with a {what} token"
+                );
+            }
+
+            // Each role: refused with 403 `forbidden` exactly where `x-roles` does not
+            // allow it or `x-forbidden-roles` names it; otherwise past the token and the
+            // role check (any other answer, as the fixture's ids make it, but never 401,
+            // 403 or a server error).
+            for (role, user) in &users {
+                let (status, code, _) = send(&server, &fixture, &doc, op, Some(&user.token)).await;
+                if passes(*role, &allowed, &forbidden) {
+                    assert!(
+                        status != 401 && status != 403 && status < 500,
+                        "{name} as {}: {status} {code} (x-roles {allowed:?})",
+                        role.as_str()
+                    );
+                } else {
+                    assert_eq!(
+                        (status, code.as_str()),
+                        (403, "forbidden"),
+                        "{name} as {} (x-roles {allowed:?}, x-forbidden-roles {forbidden:?})",
+                        role.as_str()
+                    );
+                }
+            }
+        }
+        // The matrix reached the operations that need a token (a document without
+        // security requirements would make it pass vacuously).
+        assert!(secured >= 11, "{secured} secured operations");
         server.stop().await;
     }
 }
