@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod catalog;
+pub mod checkout;
 pub mod context;
 pub mod error;
 pub mod idempotency;
@@ -13,7 +14,9 @@ pub mod json;
 pub mod limits;
 pub mod manage;
 pub mod metrics;
+pub mod notifications;
 pub mod openapi;
+pub mod orders;
 pub mod reservations;
 pub mod seatmap;
 pub mod shows;
@@ -21,6 +24,7 @@ pub mod state;
 pub mod stream;
 pub mod views;
 pub mod waitlist;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,6 +47,12 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+use boxoffice_projections::{NotifyConfig, ReadSide, ReadSideConfig};
+use boxoffice_sagas::inbox::WebhookInbox;
+use boxoffice_sagas::paysim::{self, Paysim, PaysimConfig};
+use boxoffice_sagas::provider::ProviderClient;
+use boxoffice_sagas::saga::{PaymentSaga, SagaConfig};
 
 use crate::auth::Auth;
 use crate::error::ApiError;
@@ -84,6 +94,32 @@ pub struct Config {
     /// Requests per second one client IP may make (burst twice that); 0 turns it off.
     #[arg(long, env = "RATE_LIMIT_PER_IP", default_value_t = 2_000)]
     pub rate_limit_per_ip: u32,
+    /// The payment provider's base URL. Unset: the payment simulator (`boxoffice
+    /// paysim`) runs in-process on a loopback port, its state in `<data dir>/paysim.db`.
+    #[arg(long, env = "PAYMENT_PROVIDER_URL")]
+    pub payment_provider_url: Option<String>,
+    /// The API key sent to the payment provider, if it wants one.
+    #[arg(long, env = "PAYMENT_PROVIDER_API_KEY", hide_env_values = true)]
+    pub payment_provider_api_key: Option<String>,
+    /// Secret of the provider's webhook signatures. If unset, generated once into
+    /// `<data dir>/payment-webhook-secret` (shared with the in-process simulator).
+    #[arg(long, env = "PAYMENT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub payment_webhook_secret: Option<String>,
+    /// Simulated provider latency in milliseconds (the in-process simulator only).
+    #[arg(long, env = "PAYSIM_LATENCY_MS", default_value_t = 200)]
+    pub paysim_latency_ms: u64,
+    /// File that notification emails are appended to, one JSON line each (the
+    /// development mail sink). Default `<data dir>/outbox/mail.jsonl`.
+    #[arg(long, env = "NOTIFY_EMAIL_FILE")]
+    pub notify_email_file: Option<PathBuf>,
+    /// URL that every notification is POSTed to, signed (a user's own webhook, if set,
+    /// is used instead).
+    #[arg(long, env = "NOTIFY_WEBHOOK_URL")]
+    pub notify_webhook_url: Option<String>,
+    /// Secret of the notification webhook signatures (required with
+    /// `NOTIFY_WEBHOOK_URL`).
+    #[arg(long, env = "NOTIFY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub notify_webhook_secret: Option<String>,
 }
 
 impl Config {
@@ -97,6 +133,13 @@ impl Config {
             jwt_secret_file: None,
             rate_limit_per_user: 50,
             rate_limit_per_ip: 2_000,
+            payment_provider_url: None,
+            payment_provider_api_key: None,
+            payment_webhook_secret: Some(format!("whsec-test-{}", uuid::Uuid::new_v4().simple())),
+            paysim_latency_ms: 100,
+            notify_email_file: None,
+            notify_webhook_url: None,
+            notify_webhook_secret: None,
         }
     }
 
@@ -109,7 +152,20 @@ impl Config {
         if let Some(path) = &self.jwt_secret_file {
             return Ok(std::fs::read_to_string(path)?.trim().as_bytes().to_vec());
         }
-        let path = self.data_dir.join("jwt-secret");
+        self.generated_secret("jwt-secret")
+    }
+
+    /// The payment webhook secret: configured, or generated once into the data dir.
+    fn payment_webhook_secret(&self) -> anyhow::Result<Vec<u8>> {
+        match &self.payment_webhook_secret {
+            Some(secret) => Ok(secret.as_bytes().to_vec()),
+            None => self.generated_secret("payment-webhook-secret"),
+        }
+    }
+
+    /// A secret kept in `<data dir>/<name>`, generated there on first use.
+    fn generated_secret(&self, name: &str) -> anyhow::Result<Vec<u8>> {
+        let path = self.data_dir.join(name);
         if let Ok(secret) = std::fs::read_to_string(&path) {
             return Ok(secret.trim().as_bytes().to_vec());
         }
@@ -120,7 +176,7 @@ impl Config {
             uuid::Uuid::new_v4().simple()
         );
         std::fs::write(&path, &secret)?;
-        tracing::info!(path = %path.display(), "generated a token secret for development");
+        tracing::info!(path = %path.display(), "generated a secret for development");
         Ok(secret.into_bytes())
     }
 }
@@ -149,6 +205,9 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     store: Arc<dyn EventStore>,
+    read_side: ReadSide,
+    /// The in-process payment simulator, unless `PAYMENT_PROVIDER_URL` names another.
+    paysim: Option<Paysim>,
 }
 
 impl Application {
@@ -179,8 +238,68 @@ impl Application {
         );
         let tables = boxoffice_store::tables::TablePool::connect(&config.database_url).await?;
         let users = Arc::new(UserDirectory::new(tables.clone()));
-        let idempotency = Arc::new(boxoffice_store::idempotency::IdempotencyKeys::new(tables));
+        let idempotency = Arc::new(boxoffice_store::idempotency::IdempotencyKeys::new(
+            tables.clone(),
+        ));
         let auth = Arc::new(Auth::new(&config.jwt_secret()?)?);
+        let listener = TcpListener::bind(config.bind).await?;
+
+        // Payments: the provider (the simulator in-process unless configured), its
+        // webhooks to this server, and the saga that drives every payment.
+        let webhook_secret = config.payment_webhook_secret()?;
+        let (provider_url, paysim) = match &config.payment_provider_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let mut sim =
+                    PaysimConfig::new(config.data_dir.join("paysim.db"), webhook_secret.clone());
+                sim.latency_ms = config.paysim_latency_ms;
+                let sim = paysim::start(sim, TcpListener::bind("127.0.0.1:0").await?).await?;
+                let mut own = listener.local_addr()?;
+                if own.ip().is_unspecified() {
+                    own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                sim.set_webhook_url(format!("http://{own}/v1/webhooks/payments"));
+                tracing::info!(url = %sim.url(), "payment simulator started in-process");
+                (sim.url(), Some(sim))
+            }
+        };
+        let provider = ProviderClient::new(&provider_url, config.payment_provider_api_key.clone());
+        let payments = state::Payments {
+            saga: PaymentSaga::new(Arc::clone(&engine), provider, SagaConfig::default()),
+            inbox: WebhookInbox::new(tables.clone()),
+            webhook_secret: webhook_secret.into(),
+        };
+
+        // The read side: orders, notifications (and their delivery).
+        let notify = NotifyConfig {
+            email_file: Some(
+                config
+                    .notify_email_file
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join("outbox").join("mail.jsonl")),
+            ),
+            webhook_url: config.notify_webhook_url.clone(),
+            webhook_secret: config
+                .notify_webhook_secret
+                .clone()
+                .unwrap_or_default()
+                .into_bytes(),
+        };
+        let read_side = ReadSide::start(
+            Arc::clone(&store),
+            tables,
+            ReadSideConfig {
+                notify,
+                ..ReadSideConfig::default()
+            },
+            Arc::clone(engine.clock()),
+        )?;
+        let reads = state::Reads {
+            orders: read_side.orders().clone(),
+            notifications: read_side.notifications().clone(),
+            orders_at: read_side.orders_projector().clone(),
+            notifications_at: read_side.notifications_projector().clone(),
+        };
         let state = AppState {
             engine,
             seatmaps,
@@ -193,12 +312,15 @@ impl Application {
             }),
             ready: Arc::new(AtomicBool::new(false)),
             metrics: metrics::Metrics::new(),
+            payments,
+            reads,
         };
-        let listener = TcpListener::bind(config.bind).await?;
         Ok(Self {
             listener,
             state,
             store,
+            read_side,
+            paysim,
         })
     }
 
@@ -232,6 +354,10 @@ impl Application {
         ));
         let follower = tokio::spawn(Arc::clone(&self.state.seatmaps).follow(stop_rx));
         let state = self.state.clone();
+        // Resume every payment in flight before taking requests, then re-deliver any
+        // webhook stored but not handed over when the process stopped.
+        state.payments.saga.start().await;
+        redeliver_stored_webhooks(&state).await;
         state.ready.store(true, Ordering::Release);
         let ready = Arc::clone(&state.ready);
         let seatmaps = Arc::clone(&state.seatmaps);
@@ -249,7 +375,12 @@ impl Application {
             tracing::info!("shutting down");
         })
         .await?;
+        state.payments.saga.shutdown().await;
         state.engine.shutdown().await;
+        self.read_side.shutdown().await;
+        if let Some(sim) = self.paysim {
+            sim.shutdown().await;
+        }
         let _ = stop_tx.send(true);
         let _ = follower.await;
         let _ = upkeep.await;
@@ -288,6 +419,10 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(manage::router())
         .merge(waitlist::router())
         .merge(reservations::router())
+        .merge(checkout::router())
+        .merge(orders::router())
+        .merge(notifications::router())
+        .merge(webhooks::router())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics::scrape))
@@ -329,6 +464,36 @@ pub fn router(state: AppState) -> Router {
             state.metrics.clone(),
             metrics::track_requests,
         ))
+}
+
+/// Hands every stored but unprocessed payment webhook to the saga (the process stopped
+/// between storing one and passing it on).
+async fn redeliver_stored_webhooks(state: &AppState) {
+    let pending = match state.payments.inbox.unprocessed(10_000).await {
+        Ok(pending) => pending,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read stored webhooks; the saga polls anyway");
+            return;
+        }
+    };
+    let now = state.engine.clock().now();
+    for hook in pending {
+        if let Some(id) = hook
+            .reservation_id
+            .as_deref()
+            .and_then(|r| r.parse::<boxoffice_domain::ReservationId>().ok())
+        {
+            state.payments.saga.poke(id);
+        }
+        if let Err(e) = state
+            .payments
+            .inbox
+            .mark_processed(&hook.event_id, now)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot mark a stored webhook processed");
+        }
+    }
 }
 
 /// How often idempotency keys past their time are deleted.

@@ -1,4 +1,4 @@
-//! The `boxoffice` binary: `serve` (the default) and `migrate`.
+//! The `boxoffice` binary: `serve` (the default), `migrate`, `user add` and `paysim`.
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +29,9 @@ enum Cmd {
     /// Manage users.
     #[command(subcommand)]
     User(UserCmd),
+    /// Run the payment provider simulator on its own (Stripe-PaymentIntents-like, with
+    /// signed webhooks); `serve` starts one in-process unless `PAYMENT_PROVIDER_URL` is set.
+    Paysim(boxoffice_sagas::paysim::PaysimArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{} {} {}", user.user_id, user.email, user.roles.join(","));
             Ok(())
         }
+        Cmd::Paysim(args) => boxoffice_sagas::paysim::run(args).await,
         Cmd::Serve => {
             let app = boxoffice_api::Application::build(cli.config).await?;
             tracing::info!(addr = %app.local_addr(), "listening");

@@ -54,7 +54,7 @@ pub const DOC_ROUTES: [&str; 4] = [OPENAPI_PATH, DOCS_PATH, "/docs/", "/docs/{*r
 pub const HEADER_VALUE_PATTERN: &str = "^[!-~]+( [!-~]+)*$";
 
 /// Tags, in the order the docs UI shows them.
-const TAGS: [(&str, &str); 6] = [
+const TAGS: [(&str, &str); 9] = [
     ("auth", "Registration and access tokens."),
     (
         "shows",
@@ -66,6 +66,15 @@ const TAGS: [(&str, &str); 6] = [
     ),
     ("reservations", "Holds and reservations."),
     ("waitlist", "Waiting for seats to a sold-out show."),
+    ("orders", "Orders and their tickets; refunds."),
+    (
+        "notifications",
+        "What happened to the caller: offers, orders, expiries.",
+    ),
+    (
+        "payments",
+        "The payment provider's webhooks (signed by the provider, not a user).",
+    ),
     ("ops", "Health, readiness and metrics (outside /v1)."),
 ];
 

@@ -4,6 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use boxoffice_commands::Engine;
+use boxoffice_projections::{NotificationsView, OrdersView, ProjectorHandle};
+use boxoffice_sagas::inbox::WebhookInbox;
+use boxoffice_sagas::saga::PaymentSaga;
 use boxoffice_store::idempotency::IdempotencyKeys;
 use boxoffice_store::users::UserDirectory;
 
@@ -24,4 +27,24 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// This server's own metrics recorder (see `metrics` for why it is not global).
     pub metrics: Metrics,
+    pub payments: Payments,
+    pub reads: Reads,
+}
+
+/// The payment side: the saga, the webhook inbox and the webhook signing secret.
+#[derive(Clone)]
+pub struct Payments {
+    pub saga: Arc<PaymentSaga>,
+    pub inbox: WebhookInbox,
+    pub webhook_secret: Arc<[u8]>,
+}
+
+/// The read models the API serves from, with their projectors' positions so a handler
+/// can wait until they reflect a write.
+#[derive(Clone)]
+pub struct Reads {
+    pub orders: OrdersView,
+    pub notifications: NotificationsView,
+    pub orders_at: ProjectorHandle,
+    pub notifications_at: ProjectorHandle,
 }

@@ -509,3 +509,98 @@ mod tests {
         }
     }
 }
+
+/// Whether an order is paid or was refunded.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Paid,
+    Refunded,
+}
+
+/// One ticket of an order: a seat, or a place in a general-admission section.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TicketView {
+    #[schema(example = "tkt_0192f0c4a3b27e61a0c3d0e5b0a1c2d3")]
+    pub ticket_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "101-A-1")]
+    pub seat: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub section: Option<String>,
+    /// The ticket's secret: unguessable, what a scanner verifies (show it as a QR code).
+    pub code: String,
+}
+
+/// A paid (or refunded) reservation and its tickets.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OrderView {
+    #[schema(example = "ord_0192f0c4a3b27e61a0c3d0e5b0a1c2d3")]
+    pub order_id: String,
+    pub reservation_id: String,
+    pub show_id: String,
+    pub status: OrderStatus,
+    pub total: Money,
+    pub paid_at: DateTime<Utc>,
+    #[schema(required = true)]
+    pub refunded_at: Option<DateTime<Utc>>,
+    pub tickets: Vec<TicketView>,
+}
+
+impl OrderView {
+    pub fn new(order: &boxoffice_projections::Order) -> Self {
+        Self {
+            order_id: order.order_id.to_string(),
+            reservation_id: order.reservation_id.to_string(),
+            show_id: order.show_id.to_string(),
+            status: match order.status {
+                boxoffice_projections::OrderStatus::Paid => OrderStatus::Paid,
+                boxoffice_projections::OrderStatus::Refunded => OrderStatus::Refunded,
+            },
+            total: Money::new(order.total, &order.currency),
+            paid_at: order.paid_at,
+            refunded_at: order.refunded_at,
+            tickets: order
+                .tickets
+                .iter()
+                .map(|t| TicketView {
+                    ticket_id: t.ticket_id.to_string(),
+                    seat: t.seat.clone(),
+                    section: t.section.clone(),
+                    code: t.code.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One page of orders.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OrderPage {
+    pub data: Vec<OrderView>,
+    /// Pass as `?cursor=` for the next page; null on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
+/// Something that happened to the caller: `waitlist_offer`, `order_confirmed`,
+/// `order_refunded`, `hold_expired`, `payment_failed`, `payment_timed_out`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct NotificationView {
+    #[schema(example = "ntf_0192f0c4a3b27e61a0c3d0e5b0a1c2d3")]
+    pub id: String,
+    #[schema(example = "waitlist_offer")]
+    pub kind: String,
+    pub created_at: DateTime<Utc>,
+    /// What the notification is about (ids, seats, deadlines), by kind.
+    pub data: Value,
+}
+
+/// One page of notifications, newest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct NotificationPage {
+    pub data: Vec<NotificationView>,
+    /// Pass as `?cursor=` for the next page; null on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}

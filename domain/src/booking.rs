@@ -119,8 +119,11 @@ pub struct ShowUpdate {
     pub name: Option<String>,
     pub starts_at: Option<DateTime<Utc>>,
     /// The whole new window (`None` members: open from now / until the show starts).
-    pub sales_window: Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
+    pub sales_window: Option<SalesWindow>,
 }
+
+/// When sales open and close; `None`: from scheduling / until the show starts.
+pub type SalesWindow = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
 /// Every way a command can be refused. Closed, so a test can assert the exact rejection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -353,12 +353,16 @@ impl Fixture {
     /// - `entry_id`: a well-formed id that names no waitlist entry: 404
     ///   `waitlist_entry_not_found` for any signed-in caller, which is only reached once
     ///   the token and the role check have passed.
+    /// - `order_id`: a well-formed id that names no order: 404 `order_not_found` for
+    ///   every caller past the role check (a refund's role check refuses buyers and
+    ///   auditors first, with 403, whatever the order).
     fn path_value(&self, parameter: &str, op: &Operation) -> String {
         match parameter {
             "show_id" => self.show_id.clone(),
             "reservation_id" => self.reservation_id.clone(),
             "tier_id" => "A".to_string(),
             "entry_id" => format!("wle_{}", uuid::Uuid::now_v7().simple()),
+            "order_id" => format!("ord_{}", uuid::Uuid::now_v7().simple()),
             other => panic!(
                 "{} {}: no value for the path parameter `{other}`; add one to \
                  `Fixture::path_value` in tests/tests/http_auth.rs",
