@@ -30,7 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// The show, if the caller may manage it: its organizer, or an admin.
-async fn managed_show(app: &AppState, caller: &Caller, raw: &str) -> ApiResult<ShowId> {
+pub(crate) async fn managed_show(app: &AppState, caller: &Caller, raw: &str) -> ApiResult<ShowId> {
     caller.require(&[Role::Organizer])?;
     let not_found = || ApiError::not_found("show_not_found", "show");
     let show: ShowId = raw.parse().map_err(|_| not_found())?;

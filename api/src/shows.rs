@@ -32,7 +32,7 @@ const MIN_POSITION_WAIT_MS_MAX: u64 = 5_000;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_show))
-        .routes(routes!(get_show))
+        .routes(routes!(get_show, update_show))
         .routes(routes!(get_seatmap))
         .routes(routes!(crate::stream::seatmap_stream))
         .routes(routes!(create_hold))
@@ -344,7 +344,7 @@ async fn create_show(
     tag = "shows",
     params(ShowPath),
     responses(
-        (status = 200, description = "The show.", body = ShowView),
+        (status = 200, description = "The show; `ETag` is its version.", body = ShowView),
         (status = 404, description = "`show_not_found`", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -360,7 +360,145 @@ async fn get_show(State(app): State<AppState>, Path(show_id): Path<String>) -> A
         .show
         .as_ref()
         .ok_or_else(|| ApiError::not_found("show_not_found", "show"))?;
-    Ok(axum::Json(ShowView::new(&view.state, show, app.engine.clock().now())).into_response())
+    let body = ShowView::new(&view.state, show, app.engine.clock().now());
+    Ok(with_version_etag(
+        axum::Json(body).into_response(),
+        show.version,
+    ))
+}
+
+/// The show's version as its `ETag` (a strong validator: `"4"`).
+fn with_version_etag(mut response: Response, version: u64) -> Response {
+    response.headers_mut().insert(
+        header::ETAG,
+        HeaderValue::from_str(&format!("\"{version}\"")).expect("digits"),
+    );
+    response
+}
+
+/// The version an `If-Match` header names: `"4"` (or `4`); `*` matches any. A weak or
+/// malformed validator matches nothing (412), as RFC 9110 has it for `If-Match`.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.trim_matches('"')
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                "If-Match must be the show's version as its ETag gives it, like \"3\"",
+            )
+        })
+}
+
+/// Absent stays `None`; `null` becomes `Some(None)`: "clear this field".
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// The fields of a show its organizer may change; absent fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "Night 1 (late show)", "starts_at": "2027-05-01T22:00:00Z"}))]
+pub struct ShowPatch {
+    #[schema(min_length = 1, max_length = 200)]
+    pub name: Option<String>,
+    pub starts_at: Option<DateTime<Utc>>,
+    /// `null` opens sales from now on.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub sales_open_at: Option<Option<DateTime<Utc>>>,
+    /// `null` keeps sales open until the show starts.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub sales_close_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// Change a show
+///
+/// Changes any of `name`, `starts_at`, `sales_open_at` and `sales_close_at`, all or
+/// nothing. With `If-Match: "<version>"` (the show's `ETag`) the change is made only if
+/// the show is still at that version; otherwise 412 with the current `version`. The
+/// show's organizer or an admin.
+#[utoipa::path(
+    patch,
+    path = "/v1/shows/{show_id}",
+    tag = "manage",
+    params(
+        ShowPath,
+        ("If-Match" = Option<String>, Header, pattern = "^[!-~]+( [!-~]+)*$",
+            description = "The show's version as its `ETag` gives it (`\"3\"`), or `*`."),
+    ),
+    request_body = ShowPatch,
+    security(("bearer_auth" = [])),
+    extensions(("x-roles" = json!(["organizer"]))),
+    responses(
+        (status = 200, description = "The changed show; `ETag` is its new version.", body = ShowView),
+        (status = 403, description = "`forbidden`: not an organizer, or not this show's.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`show_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`sales_closed`: the show is cancelled.", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`precondition_failed`: the show changed since the `If-Match` version (with `version`).", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: the show the change would leave is not valid.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn update_show(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(show): Path<String>,
+    headers: HeaderMap,
+    Json(patch): Json<ShowPatch>,
+) -> ApiResult<Response> {
+    let show = crate::manage::managed_show(&app, &caller, &show).await?;
+    let expected_version = if_match(&headers)?;
+    // The window is changed as a whole: a field left out keeps its current value.
+    let sales_window = if patch.sales_open_at.is_some() || patch.sales_close_at.is_some() {
+        let (open, close) = app
+            .engine
+            .query(show, |s| {
+                s.definition()
+                    .map(|d| (d.sales_open_at, d.sales_close_at))
+                    .unwrap_or_default()
+            })
+            .await?;
+        Some((
+            patch.sales_open_at.unwrap_or(open),
+            patch.sales_close_at.unwrap_or(close),
+        ))
+    } else {
+        None
+    };
+    let update = boxoffice_domain::booking::ShowUpdate {
+        expected_version,
+        name: patch.name,
+        starts_at: patch.starts_at,
+        sales_window,
+    };
+    app.engine
+        .execute(
+            show,
+            Command::UpdateShow(update),
+            CommandMeta::new(caller.user_id.to_string()),
+        )
+        .await?;
+    let (body, version) = app
+        .engine
+        .query(show, |state| {
+            let s = state.show.as_ref().expect("the show exists");
+            (ShowView::new(state, s, Utc::now()), s.version)
+        })
+        .await?;
+    Ok(with_version_etag(axum::Json(body).into_response(), version))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

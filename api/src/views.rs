@@ -272,6 +272,10 @@ pub struct ShowView {
     pub status: ShowStatus,
     #[schema(example = "usr_0192f0c4a3b27e61a0c3d0e5b0a1c2d3")]
     pub organizer_id: String,
+    /// The show's version: how many changes its stream has. Also the `ETag`; send it as
+    /// `If-Match` on `PATCH` to change only the version you read.
+    #[schema(example = 1)]
+    pub version: u64,
 }
 
 impl ShowView {
@@ -338,6 +342,7 @@ impl ShowView {
             sections,
             status: show.status(now, state.anything_available()).into(),
             organizer_id: show.organizer_id.to_string(),
+            version: show.version,
         }
     }
 }

@@ -312,3 +312,123 @@ async fn organizers_manage_their_own_shows() {
         server.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_changes_a_show_and_honours_if_match() {
+    for backend in backends().await {
+        let server = Server::start(&backend.url).await;
+        let owner = server.user(&[Role::Organizer]).await.token;
+        let rival = server.user(&[Role::Organizer]).await.token;
+        let created: Value = server
+            .req(M::POST, "/v1/shows", &owner)
+            .json(&boxoffice_tests::fixtures::one_row_show(
+                "Patched", 4, "10.00",
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = created["show_id"].as_str().unwrap().to_string();
+        let path = format!("/v1/shows/{id}");
+        assert_eq!(created["version"], 1, "{}", backend.name);
+
+        // Another organizer may not; a buyer is refused by role.
+        let (status, code) = status_code(
+            server
+                .req(M::PATCH, &path, &rival)
+                .json(&json!({"name": "Mine"}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((status, code.as_str()), (403, "forbidden"));
+
+        // Several fields at once, against the version read.
+        let response = server
+            .req(M::PATCH, &path, &owner)
+            .header("if-match", "\"1\"")
+            .json(&json!({
+                "name": "Patched (late show)",
+                "starts_at": "2030-05-01T22:00:00Z",
+                "sales_close_at": "2030-05-01T21:00:00Z"
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["etag"], "\"4\"");
+        let show: Value = response.json().await.unwrap();
+        assert_eq!(show["name"], "Patched (late show)");
+        assert_eq!(show["starts_at"], "2030-05-01T22:00:00Z");
+        assert_eq!(show["sales_close_at"], "2030-05-01T21:00:00Z");
+        assert_eq!(show["version"], 4);
+
+        // A stale If-Match changes nothing: 412 with the current version.
+        let response = server
+            .req(M::PATCH, &path, &owner)
+            .header("if-match", "\"1\"")
+            .json(&json!({"name": "Lost update"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 412);
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(
+            (problem["code"].as_str(), problem["version"].as_u64()),
+            (Some("precondition_failed"), Some(4))
+        );
+
+        // null clears the close of sales; an invalid result is refused whole.
+        let (status, _) = status_code(
+            server
+                .req(M::PATCH, &path, &owner)
+                .json(&json!({"sales_close_at": null}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let (status, code) = status_code(
+            server
+                .req(M::PATCH, &path, &owner)
+                .json(&json!({"name": "", "sales_open_at": "2030-01-01T00:00:00Z"}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((status, code.as_str()), (422, "validation_failed"));
+        let (status, code) = status_code(
+            server
+                .req(M::PATCH, &path, &owner)
+                .json(&json!({"colour": "red"}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((status, code.as_str()), (422, "validation_failed"));
+
+        // GET gives the version as ETag (once the read model has the change).
+        let mut etag = String::new();
+        for _ in 0..50 {
+            let response = server
+                .client
+                .get(format!("{}{path}", server.base))
+                .send()
+                .await
+                .unwrap();
+            etag = response.headers()["etag"].to_str().unwrap().to_string();
+            if etag == "\"5\"" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(etag, "\"5\"");
+        server.stop().await;
+    }
+}

@@ -482,3 +482,62 @@ async fn a_waitlist_offer_is_notified_and_paid_like_any_reservation() {
         server.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_show_refunds_every_paid_order() {
+    for backend in backends().await {
+        let server = Server::start(&backend.url).await;
+        let organizer = server.user(&[Role::Organizer]).await.token;
+        let buyer = server.user(&[]).await;
+        let show = small_show(&server, &organizer, 4).await;
+        let mut orders = Vec::new();
+        for seat in ["1-A-1", "1-A-2"] {
+            let held = hold(&server, &show, &buyer.token, &[seat]).await;
+            let (status, paid) = checkout(&server, &held, &buyer.token, "tok_visa", 10).await;
+            assert_eq!(status, 200, "{paid}");
+            orders.push(paid["order_id"].as_str().unwrap().to_string());
+        }
+        let open_hold = hold(&server, &show, &buyer.token, &["1-A-3"]).await;
+        let (status, _) = json_of(
+            server
+                .req(M::POST, &format!("/v1/shows/{show}/cancel"), &organizer)
+                .json(&json!({"reason": "the band is ill"}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 202, "{}", backend.name);
+        reservation_reaches(
+            &server,
+            &open_hold,
+            &buyer.token,
+            "cancelled",
+            Duration::from_secs(5),
+        )
+        .await;
+        for order in &orders {
+            let started = Instant::now();
+            loop {
+                let (_, body) = get(&server, &format!("/v1/orders/{order}"), &buyer.token).await;
+                if body["status"] == "refunded" {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "{order} not refunded: {body}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let (_, notes) = get(&server, "/v1/me/notifications", &buyer.token).await;
+        let refunds = notes["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["kind"] == "order_refunded")
+            .count();
+        assert_eq!(refunds, 2, "{notes}");
+        server.stop().await;
+    }
+}
