@@ -4,6 +4,7 @@
 //! the OpenAPI document at `/openapi.json` are built together from [`api`], so a route
 //! cannot exist without its documentation.
 
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod checkout;
@@ -423,6 +424,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(orders::router())
         .merge(notifications::router())
         .merge(webhooks::router())
+        .merge(audit::router())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics::scrape))

@@ -54,7 +54,7 @@ pub const DOC_ROUTES: [&str; 4] = [OPENAPI_PATH, DOCS_PATH, "/docs/", "/docs/{*r
 pub const HEADER_VALUE_PATTERN: &str = "^[!-~]+( [!-~]+)*$";
 
 /// Tags, in the order the docs UI shows them.
-const TAGS: [(&str, &str); 9] = [
+const TAGS: [(&str, &str); 10] = [
     ("auth", "Registration and access tokens."),
     (
         "shows",
@@ -67,6 +67,7 @@ const TAGS: [(&str, &str); 9] = [
     ("reservations", "Holds and reservations."),
     ("waitlist", "Waiting for seats to a sold-out show."),
     ("orders", "Orders and their tickets; refunds."),
+    ("audit", "The raw event log, for auditors."),
     (
         "notifications",
         "What happened to the caller: offers, orders, expiries.",

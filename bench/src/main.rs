@@ -19,6 +19,8 @@ use boxoffice_domain::{
     Command, DomainEvent, Minor, RandomIds, ReservationId, ShowId, SystemClock, UserId,
 };
 use boxoffice_store::EventStore;
+mod checkout;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -59,6 +61,27 @@ enum Cmd {
         /// Stop after this many seconds even if seats remain.
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+        /// Write the results as JSON here too.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// End-to-end checkout latency over HTTP: the real server in-process with its
+    /// payment simulator; concurrent buyers hold a seat and pay for it, repeatedly.
+    Checkout {
+        /// Which backend(s) to run on. PostgreSQL needs DATABASE_URL.
+        #[arg(long, value_enum, default_value = "both")]
+        backend: BackendChoice,
+        /// Concurrent buyers.
+        #[arg(long, default_value_t = 50)]
+        buyers: usize,
+        /// Checkouts per buyer.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// The simulated provider's latency (the server's default is 200 ms).
+        #[arg(long, default_value_t = 200)]
+        paysim_latency_ms: u64,
         /// Write the results as JSON here too.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
@@ -133,7 +156,54 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Checkout {
+            backend,
+            buyers,
+            rounds,
+            paysim_latency_ms,
+            json,
+            database_url,
+        } => {
+            let runs =
+                checkout_runs(backend, buyers, rounds, paysim_latency_ms, database_url).await?;
+            for run in &runs {
+                checkout::print(run);
+            }
+            if let Some(path) = json {
+                std::fs::write(path, serde_json::to_string_pretty(&runs)?)?;
+            }
+            Ok(())
+        }
     }
+}
+
+async fn checkout_runs(
+    backend: BackendChoice,
+    buyers: usize,
+    rounds: usize,
+    latency: u64,
+    database_url: Option<String>,
+) -> anyhow::Result<Vec<checkout::CheckoutRun>> {
+    let mut runs = Vec::new();
+    if matches!(backend, BackendChoice::Sqlite | BackendChoice::Both) {
+        let dir =
+            std::env::temp_dir().join(format!("boxoffice-bench-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        let url = format!("sqlite://{}", dir.join("bench.db").display());
+        runs.push(checkout::run("sqlite", &url, buyers, rounds, latency).await?);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+    if matches!(backend, BackendChoice::Postgres | BackendChoice::Both) {
+        match database_url.filter(|u| u.starts_with("postgres")) {
+            Some(base) => {
+                let (url, name) = fresh_postgres(&base).await?;
+                runs.push(checkout::run("postgres", &url, buyers, rounds, latency).await?);
+                drop_postgres(&base, &name).await;
+            }
+            None => eprintln!("postgres: skipped (set DATABASE_URL=postgres://…)"),
+        }
+    }
+    Ok(runs)
 }
 
 async fn fresh_postgres(base: &str) -> anyhow::Result<(String, String)> {
