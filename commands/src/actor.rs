@@ -58,6 +58,14 @@ struct Prepared {
     expired: u64,
 }
 
+impl Prepared {
+    /// Whether the batch has commands to answer or events to append: events already
+    /// applied to the state must reach the store, or the state would run ahead of it.
+    fn has_work(&self) -> bool {
+        !self.pending.is_empty() || !self.events.is_empty()
+    }
+}
+
 /// A batch whose append is under way in its own task.
 struct InFlight {
     prepared: Prepared,
@@ -161,7 +169,7 @@ impl Actor {
                     biased;
                     result = &mut flight.task => {
                         let flight = in_flight.take().expect("in flight");
-                        let after = (!next.pending.is_empty()).then(|| std::mem::take(&mut next));
+                        let after = next.has_work().then(|| std::mem::take(&mut next));
                         match self.settle(flight, result, after).await {
                             Ok(launched) => in_flight = launched,
                             Err(reason) => return self.stop(reason).await,
@@ -178,14 +186,18 @@ impl Actor {
                             let (pending, new_reads) = self.gather(first, room);
                             reads.extend(new_reads);
                             // A batch is in flight only on a loaded state (`launch` asserts it).
-                            self.decide_into(&mut next, pending);
+                            // Only commands are decided here: a read alone must not make the
+                            // clock decide events that no batch would then carry.
+                            if !pending.is_empty() {
+                                self.decide_into(&mut next, pending);
+                            }
                         }
                         None => {
                             // Shutting down: finish the batch in flight (and what was
                             // decided after it), answer everyone, then stop.
                             let mut flight = in_flight.take().expect("in flight");
                             let result = (&mut flight.task).await;
-                            let after = (!next.pending.is_empty()).then(|| std::mem::take(&mut next));
+                            let after = next.has_work().then(|| std::mem::take(&mut next));
                             match self.settle(flight, result, after).await {
                                 Ok(Some(mut last)) => {
                                     let result = (&mut last.task).await;
@@ -324,6 +336,16 @@ impl Actor {
                 self.shared.config.timer_sleep_ms_max,
             ));
         }
+        if self.state.show.as_ref().is_some_and(|s| s.cancelled)
+            && self
+                .state
+                .reservations
+                .values()
+                .any(|r| r.status == boxoffice_domain::reservation::ReservationStatus::Held)
+        {
+            // A cancelled show's remaining holds are cancelled in the next batch, now.
+            return Some(StdDuration::ZERO);
+        }
         let now = self.shared.clock.now();
         let at = match (
             self.state.next_hold_deadline(),
@@ -459,6 +481,7 @@ impl Actor {
         // sales that have just opened go to the waitlist (rule 5) before any command of
         // this batch can take those seats.
         next.expired += self.decide_expiries(now, &mut next.events, &mut next.metas);
+        self.decide_cancellation_sweep(now, &mut next.events, &mut next.metas);
         self.decide_sales_opening(now, &mut next.events, &mut next.metas);
         let mut pending = pending.into_iter();
         while let Some(p) = pending.next() {
@@ -546,6 +569,7 @@ impl Actor {
         let now = self.shared.clock.now();
         let started = Instant::now();
         next.expired = self.decide_expiries(now, &mut next.events, &mut next.metas);
+        self.decide_cancellation_sweep(now, &mut next.events, &mut next.metas);
         self.decide_sales_opening(now, &mut next.events, &mut next.metas);
         if next.events.is_empty() {
             self.answer(
@@ -757,6 +781,44 @@ impl Actor {
         for e in decided {
             self.state.apply(&e);
             events.push((e, meta_index));
+        }
+    }
+
+    /// Cancels the holds a show's cancellation left open (it ends at most
+    /// `SHOW_CANCEL_HOLDS_PER_DECISION` itself), within the batch bound.
+    fn decide_cancellation_sweep(
+        &mut self,
+        now: chrono::DateTime<chrono::Utc>,
+        events: &mut Vec<(DomainEvent, usize)>,
+        metas: &mut Vec<CommandMeta>,
+    ) {
+        let left = self.state.holds_of_cancelled_show();
+        if left.is_empty() {
+            return;
+        }
+        let meta_index = metas.len();
+        metas.push(CommandMeta {
+            correlation_id: Uuid::now_v7(),
+            causation_id: None,
+            actor: "system:show-cancelled".into(),
+        });
+        for reservation_id in left.into_iter().take(self.shared.config.batch_commands_max) {
+            if events.len() >= EVENTS_PER_APPEND_BUDGET / 2 {
+                break;
+            }
+            let command = Command::Cancel {
+                reservation_id,
+                by: "system:show-cancelled".into(),
+            };
+            match self.state.decide(command, now) {
+                Ok(decided) => {
+                    for e in decided {
+                        self.state.apply(&e);
+                        events.push((e, meta_index));
+                    }
+                }
+                Err(e) => unreachable!("a hold of a cancelled show can be cancelled: {e}"),
+            }
         }
     }
 

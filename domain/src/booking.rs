@@ -48,6 +48,10 @@ pub struct HoldRequest {
     pub selection: Selection,
 }
 
+/// Most holds one show cancellation ends in its own decision (each with up to ten seat
+/// releases); the rest are cancelled in the engine's following batches.
+pub const SHOW_CANCEL_HOLDS_PER_DECISION: usize = 1_000;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Show(ShowCommand),
@@ -415,6 +419,22 @@ impl ShowState {
     }
 
     /// Held reservations whose time is up at `now`, earliest first.
+    /// Holds still open on a cancelled show (more than one decision cancels at once):
+    /// the engine cancels them next, in order of id.
+    pub fn holds_of_cancelled_show(&self) -> Vec<ReservationId> {
+        if !self.show.as_ref().is_some_and(|s| s.cancelled) {
+            return Vec::new();
+        }
+        let mut held: Vec<ReservationId> = self
+            .reservations
+            .values()
+            .filter(|r| r.status == ReservationStatus::Held)
+            .map(|r| r.reservation_id)
+            .collect();
+        held.sort();
+        held
+    }
+
     pub fn due_holds(&self, now: DateTime<Utc>) -> impl Iterator<Item = ReservationId> + '_ {
         self.hold_deadlines
             .iter()
@@ -1150,6 +1170,10 @@ impl ShowState {
             .filter(|r| r.status == ReservationStatus::Held)
             .collect();
         held.sort_by_key(|r| r.reservation_id);
+        // A show with very many holds cancels the first of them here; the rest end in
+        // the engine's next batches ([`ShowState::holds_of_cancelled_show`]), so that no
+        // single append grows past what one may carry.
+        held.truncate(SHOW_CANCEL_HOLDS_PER_DECISION);
         for r in held {
             let by = "system:show-cancelled".to_string();
             events.push(DomainEvent::Reservation(

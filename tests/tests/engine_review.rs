@@ -262,3 +262,78 @@ async fn commands_are_decided_before_due_expiries() {
         b.unwrap().reservation.unwrap().reservation_id
     );
 }
+
+/// Cancelling a show with more holds than one append may carry: the cancellation and
+/// the first holds go in one decision, the rest are cancelled in the next batches by
+/// the engine itself, and every seat is free in the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_show_with_very_many_holds_ends_them_all() {
+    let store = open(&fresh_sqlite_url()).await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let engine = engine(&store, &clock);
+    let show = schedule(&engine, 30, 1_000, Limits::default()).await;
+    // 15,000 holds of two seats: 45,000 release events, more than one append carries.
+    let mut futs = Vec::new();
+    for n in 0..15_000u32 {
+        let (row, first) = (n / 500, (n % 500) * 2 + 1);
+        let seats = [
+            format!("S-R{row}-{first}"),
+            format!("S-R{row}-{}", first + 1),
+        ];
+        futs.push(engine.execute(
+            show,
+            hold(UserId(uuid::Uuid::now_v7()), &seats),
+            CommandMeta::new("buyer"),
+        ));
+        if futs.len() == 2_000 {
+            for r in futures::future::join_all(std::mem::take(&mut futs)).await {
+                r.unwrap();
+            }
+        }
+    }
+    for r in futures::future::join_all(futs).await {
+        r.unwrap();
+    }
+    engine
+        .execute(
+            show,
+            Command::Show(ShowCommand::Cancel {
+                reason: "storm".into(),
+            }),
+            CommandMeta::new("org"),
+        )
+        .await
+        .expect("the cancellation is not refused as too large");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let held = engine
+            .query(show, |s| {
+                s.reservations
+                    .values()
+                    .filter(|r| r.status == boxoffice_domain::reservation::ReservationStatus::Held)
+                    .count()
+            })
+            .await
+            .unwrap();
+        if held == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{held} holds still open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let log = partition(&store, show).await;
+    let (_, state) = check_log(show, &log).unwrap();
+    let cancelled = log
+        .iter()
+        .filter(|e| e.event_type == "ReservationCancelled")
+        .count();
+    let released = log
+        .iter()
+        .filter(|e| e.event_type == "SeatReleased")
+        .count();
+    assert_eq!((cancelled, released), (15_000, 30_000));
+    assert_eq!(state.seats_available(), 30_000, "every seat is free again");
+}
