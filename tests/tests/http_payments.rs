@@ -541,3 +541,179 @@ async fn cancelling_a_show_refunds_every_paid_order() {
         server.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_hold_cannot_be_paid() {
+    for backend in backends().await {
+        let server = Server::start(&backend.url).await;
+        let organizer = server.user(&[Role::Organizer]).await.token;
+        let buyer = server.user(&[]).await;
+        let mut body = boxoffice_tests::fixtures::one_row_show("Short holds", 2, "25.00");
+        body["limits"] = json!({"hold_ttl_seconds": 10});
+        let (status, show) = json_of(
+            server
+                .req(M::POST, "/v1/shows", &organizer)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 201);
+        let show = show["show_id"].as_str().unwrap().to_string();
+        let held = hold(&server, &show, &buyer.token, &["1-A-1"]).await;
+        reservation_reaches(
+            &server,
+            &held,
+            &buyer.token,
+            "expired",
+            Duration::from_secs(15),
+        )
+        .await;
+        let (status, problem) = checkout(&server, &held, &buyer.token, "tok_visa", 1).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (410, Some("hold_expired")),
+            "{}",
+            backend.name
+        );
+        assert_eq!(seat_status(&server, &show, "1-A-1").await, "available");
+        let (_, notes) = get(&server, "/v1/me/notifications", &buyer.token).await;
+        assert_eq!(notes["data"][0]["kind"], "hold_expired", "{notes}");
+        server.stop().await;
+    }
+}
+
+/// What a webhook receiver got: the signature header, the notification id header, the
+/// body.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+
+async fn receiver() -> (String, Received) {
+    use axum::http::HeaderMap;
+    let got: Received = Default::default();
+    let store = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let store = store.clone();
+            async move {
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                store.lock().unwrap().push((
+                    header("boxoffice-signature"),
+                    header("boxoffice-notification-id"),
+                    body,
+                ));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buyer_webhook_receives_signed_notifications() {
+    for backend in backends().await {
+        let server = Server::start(&backend.url).await;
+        let organizer = server.user(&[Role::Organizer]).await.token;
+        let buyer = server.user(&[]).await;
+        let other = server.user(&[]).await;
+        let (url, got) = receiver().await;
+        let secret = "buyer-webhook-secret-0001";
+
+        let put = |token: &str, body: Value| {
+            server
+                .req(M::PUT, "/v1/me/webhook", token)
+                .json(&body)
+                .send()
+        };
+        let (status, problem) = json_of(
+            put(
+                &buyer.token,
+                json!({"url": "ftp://x.example/hook", "secret": secret}),
+            )
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (422, Some("validation_failed")),
+            "{problem}"
+        );
+        let (status, problem) = json_of(
+            put(&buyer.token, json!({"url": url, "secret": "short"}))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (422, Some("validation_failed"))
+        );
+        let (status, set) = json_of(
+            put(&buyer.token, json!({"url": url, "secret": secret}))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, set["url"].as_str()),
+            (200, Some(url.as_str())),
+            "{}",
+            backend.name
+        );
+        let (status, shown) = get(&server, "/v1/me/webhook", &buyer.token).await;
+        assert_eq!(status, 200);
+        assert!(shown.get("secret").is_none(), "the secret is never shown");
+        let (status, _) = get(&server, "/v1/me/webhook", &other.token).await;
+        assert_eq!(status, 404, "another user's webhook is not theirs");
+
+        let show = small_show(&server, &organizer, 2).await;
+        let held = hold(&server, &show, &buyer.token, &["1-A-1"]).await;
+        let (status, _) = checkout(&server, &held, &buyer.token, "tok_visa", 10).await;
+        assert_eq!(status, 200);
+        let started = Instant::now();
+        let delivered = loop {
+            if let Some(d) = got.lock().unwrap().first().cloned() {
+                break d;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "no delivery");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let (signature_header, id, body) = delivered;
+        signature::verify(
+            secret.as_bytes(),
+            Some(&signature_header),
+            body.as_bytes(),
+            chrono::Utc::now().timestamp(),
+        )
+        .expect("signed with the buyer's secret");
+        let note: Value = serde_json::from_str(&body).unwrap();
+        assert!(id.starts_with("ntf_"), "{id}");
+        assert!(body.contains(&id), "{body}");
+        assert!(body.contains("order_confirmed"), "{note}");
+
+        let removed = server
+            .req(M::DELETE, "/v1/me/webhook", &buyer.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(removed.status(), 200);
+        let again = server
+            .req(M::DELETE, "/v1/me/webhook", &buyer.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 404);
+        server.stop().await;
+    }
+}
