@@ -19,6 +19,7 @@ pub mod notifications;
 pub mod openapi;
 pub mod orders;
 pub mod reservations;
+pub mod sales;
 pub mod seatmap;
 pub mod shows;
 pub mod state;
@@ -300,6 +301,8 @@ impl Application {
             notifications: read_side.notifications().clone(),
             orders_at: read_side.orders_projector().clone(),
             notifications_at: read_side.notifications_projector().clone(),
+            sales: read_side.sales().clone(),
+            sales_at: read_side.sales_projector().clone(),
         };
         let state = AppState {
             engine,
@@ -425,6 +428,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(notifications::router())
         .merge(webhooks::router())
         .merge(audit::router())
+        .merge(sales::router())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics::scrape))

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use boxoffice_commands::Engine;
-use boxoffice_projections::{NotificationsView, OrdersView, ProjectorHandle};
+use boxoffice_projections::{NotificationsView, OrdersView, ProjectorHandle, SalesView};
 use boxoffice_sagas::inbox::WebhookInbox;
 use boxoffice_sagas::saga::PaymentSaga;
 use boxoffice_store::idempotency::IdempotencyKeys;
@@ -47,4 +47,6 @@ pub struct Reads {
     pub notifications: NotificationsView,
     pub orders_at: ProjectorHandle,
     pub notifications_at: ProjectorHandle,
+    pub sales: SalesView,
+    pub sales_at: ProjectorHandle,
 }

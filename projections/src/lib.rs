@@ -4,6 +4,9 @@
 //! - [`runtime`]: runs each [`Projection`] as a task that follows the global log and
 //!   commits its rows and its checkpoint together.
 //! - [`orders`]: orders and tickets, for `/v1/orders`.
+//! - [`analytics`]: the analysts' read models (seat map, reservations, sales, waiting
+//!   list, audit log) and [`SalesView`], the per-show sales report.
+//! - [`rebuild`]: rebuilding a projection from the start of the log on demand.
 //! - [`notifications`]: per-user notifications and their outbox, for
 //!   `/v1/me/notifications`; [`delivery`] sends them by email file and webhook.
 //!
@@ -18,12 +21,22 @@ use boxoffice_domain::Clock;
 use boxoffice_store::EventStore;
 use boxoffice_store::tables::TablePool;
 
+pub mod analytics;
 mod cursor;
 pub mod db;
 pub mod delivery;
 pub mod notifications;
 pub mod orders;
+pub mod rebuild;
 pub mod runtime;
+
+pub use analytics::audit::AuditLogProjection;
+pub use analytics::reservations::ReservationsProjection;
+pub use analytics::sales::SalesProjection;
+pub use analytics::seat_map::SeatMapProjection;
+pub use analytics::waitlist::WaitlistProjection;
+pub use analytics::{HoldStats, SalesLine, SalesView, ShowSales, WaitlistStats};
+pub use rebuild::{RebuildReport, rebuild_projection};
 
 pub use delivery::{DeliveryConfig, DeliveryWorker, NotifyConfig, NotifyConfigError};
 pub use notifications::{
@@ -78,6 +91,21 @@ pub struct ReadSide {
     delivery: DeliveryWorker,
     orders: OrdersView,
     notifications: NotificationsView,
+    sales: SalesView,
+}
+
+/// Every projection the server runs, in start order: what [`ReadSide::start`] starts and
+/// what `boxctl rebuild` can rebuild by name.
+pub fn all_projections(notify: &NotifyConfig) -> Vec<Arc<dyn Projection>> {
+    vec![
+        Arc::new(OrdersProjection),
+        Arc::new(NotificationsProjection::new(notify)),
+        Arc::new(SeatMapProjection),
+        Arc::new(ReservationsProjection),
+        Arc::new(SalesProjection),
+        Arc::new(WaitlistProjection),
+        Arc::new(AuditLogProjection),
+    ]
 }
 
 impl ReadSide {
@@ -91,10 +119,7 @@ impl ReadSide {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, NotifyConfigError> {
         config.notify.validate()?;
-        let projections: Vec<Arc<dyn Projection>> = vec![
-            Arc::new(OrdersProjection),
-            Arc::new(NotificationsProjection::new(&config.notify)),
-        ];
+        let projections = all_projections(&config.notify);
         let projections = Projections::start(store, pool.clone(), projections, config.runtime);
         let wake = projections
             .get(notifications::NAME)
@@ -111,7 +136,8 @@ impl ReadSide {
             projections,
             delivery,
             orders: OrdersView::new(pool.clone()),
-            notifications: NotificationsView::new(pool),
+            notifications: NotificationsView::new(pool.clone()),
+            sales: SalesView::new(pool),
         })
     }
 
@@ -121,6 +147,19 @@ impl ReadSide {
 
     pub fn notifications(&self) -> &NotificationsView {
         &self.notifications
+    }
+
+    /// The per-show sales report (`GET /v1/shows/{show_id}/sales`).
+    pub fn sales(&self) -> &SalesView {
+        &self.sales
+    }
+
+    /// The sales projection's position; the report also reads the reservations and
+    /// waitlist projections, see [`Projections::wait_for_all`].
+    pub fn sales_projector(&self) -> &ProjectorHandle {
+        self.projections
+            .get(analytics::sales::NAME)
+            .expect("the sales projection runs")
     }
 
     /// The orders projection's position, for reading one's own writes.

@@ -183,7 +183,10 @@ fn decode_version(raw: i64) -> Result<u32, sqlx::Error> {
 }
 
 /// The checkpoint as `(version, position)`, locked until the transaction ends.
-async fn lock_checkpoint(tx: &mut Tx, name: &str) -> Result<Option<(u32, u64)>, sqlx::Error> {
+pub(crate) async fn lock_checkpoint(
+    tx: &mut Tx,
+    name: &str,
+) -> Result<Option<(u32, u64)>, sqlx::Error> {
     // SQLite's BEGIN IMMEDIATE already holds the database's write lock.
     let sql = match tx.backend() {
         Backend::Postgres => {
@@ -239,6 +242,9 @@ impl ProjectorHandle {
 /// [`Projections::shutdown`] also waits for them to finish.
 pub struct Projections {
     handles: Vec<ProjectorHandle>,
+    projections: Vec<Arc<dyn Projection>>,
+    store: Arc<dyn EventStore>,
+    pool: TablePool,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -256,6 +262,7 @@ impl Projections {
         let (shutdown, _) = watch::channel(false);
         let mut handles = Vec::with_capacity(projections.len());
         let mut tasks = Vec::with_capacity(projections.len());
+        let all = projections.clone();
         for projection in projections {
             let name = projection.name();
             assert!(
@@ -275,7 +282,7 @@ impl Projections {
                 applied: applied_rx,
             });
             let runner = Runner {
-                projection,
+                projection: Arc::clone(&projection),
                 store: Arc::clone(&store),
                 pool: pool.clone(),
                 config: config.clone(),
@@ -285,9 +292,33 @@ impl Projections {
         }
         Self {
             handles,
+            projections: all,
+            store,
+            pool,
             shutdown,
             tasks,
         }
+    }
+
+    /// Rebuilds one running projection from the start of the log (see
+    /// [`crate::rebuild::rebuild_projection`]) while its runner keeps going: the runner
+    /// finds its checkpoint moved, reloads it and continues from wherever the rebuild is,
+    /// so no batch is applied twice. `None` for an unknown name.
+    pub async fn rebuild(
+        &self,
+        name: &str,
+        batch_events_max: usize,
+    ) -> Option<Result<crate::rebuild::RebuildReport, ProjectionError>> {
+        let projection = self.projections.iter().find(|p| p.name() == name)?;
+        Some(
+            crate::rebuild::rebuild_projection(
+                Arc::clone(&self.store),
+                &self.pool,
+                projection.as_ref(),
+                batch_events_max,
+            )
+            .await,
+        )
     }
 
     pub fn get(&self, name: &str) -> Option<&ProjectorHandle> {

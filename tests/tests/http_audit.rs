@@ -113,3 +113,120 @@ async fn auditors_read_the_log_in_order() {
         server.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sales_report_counts_what_was_sold_refunded_and_held() {
+    for backend in backends().await {
+        let server = Server::start(&backend.url).await;
+        let organizer = server.user(&[Role::Organizer]).await.token;
+        let rival = server.user(&[Role::Organizer]).await.token;
+        let auditor = server.user(&[Role::Auditor]).await.token;
+        let support = server.user(&[Role::Support]).await.token;
+        let buyer = server.user(&[]).await.token;
+        let show: Value = server
+            .req(M::POST, "/v1/shows", &organizer)
+            .json(&boxoffice_tests::fixtures::contract_show())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let show = show["show_id"].as_str().unwrap().to_string();
+        let hold = |body: Value| {
+            let (server, show, buyer) = (&server, show.clone(), buyer.clone());
+            async move {
+                let r: Value = server
+                    .req(M::POST, &format!("/v1/shows/{show}/holds"), &buyer)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                r["reservation_id"].as_str().unwrap().to_string()
+            }
+        };
+        let pay = |reservation: String| {
+            let (server, buyer) = (&server, buyer.clone());
+            async move {
+                let r: Value = server
+                    .req(
+                        M::POST,
+                        &format!("/v1/reservations/{reservation}/checkout?wait_seconds=10"),
+                        &buyer,
+                    )
+                    .json(&json!({"payment_token": "tok_visa"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_eq!(r["status"], "confirmed", "{r}");
+                r["order_id"].as_str().unwrap().to_string()
+            }
+        };
+        // Two front seats (tier A, 120.00) and two floor places (tier B, 60.00) paid;
+        // the floor order refunded; one back seat only held.
+        pay(hold(json!({"seats": ["101-A-1", "101-A-2"]})).await).await;
+        let floor = pay(hold(json!({"section": "floor", "quantity": 2})).await).await;
+        let refund = server
+            .req(M::POST, &format!("/v1/orders/{floor}/refund"), &support)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refund.status(), 200);
+        hold(json!({"seats": ["101-B-1"]})).await;
+
+        let path = format!("/v1/shows/{show}/sales");
+        for (token, want) in [(&buyer, 403), (&rival, 403), (&support, 403)] {
+            let (status, _) = get(&server, &path, token).await;
+            assert_eq!(status, want, "{}", backend.name);
+        }
+        let (status, report) = get(&server, &path, &auditor).await;
+        assert_eq!(status, 200, "{report}");
+        let (status, by_owner) = get(&server, &path, &organizer).await;
+        assert_eq!(status, 200);
+        assert_eq!(report, by_owner);
+        assert_eq!(report["tickets_sold"], 4, "{report}");
+        assert_eq!(report["tickets_refunded"], 2);
+        assert_eq!(
+            report["revenue"],
+            json!({"amount": "360.00", "currency": "EUR"})
+        );
+        assert_eq!(
+            report["refunds"],
+            json!({"amount": "120.00", "currency": "EUR"})
+        );
+        assert_eq!(
+            report["net_revenue"],
+            json!({"amount": "240.00", "currency": "EUR"})
+        );
+        let tier_a = report["by_tier"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["id"] == "A")
+            .unwrap();
+        assert_eq!(
+            (
+                tier_a["tickets_sold"].as_i64(),
+                tier_a["revenue"]["amount"].as_str()
+            ),
+            (Some(2), Some("240.00"))
+        );
+        assert_eq!(report["holds"]["created"], 3);
+        assert_eq!(report["holds"]["converted"], 2);
+        assert_eq!(report["holds"]["open"], 1);
+        let (status, _) = get(
+            &server,
+            "/v1/shows/shw_0192f0c4a3b27e61a0c3d0e5b0a1c2d3/sales",
+            &auditor,
+        )
+        .await;
+        assert_eq!(status, 404);
+        server.stop().await;
+    }
+}

@@ -126,7 +126,10 @@ async fn a_restart_resumes_from_the_checkpoint_without_duplicates() {
         let read = env.start(NotifyConfig::default());
         let mut head = 0;
         for i in 0..4 {
-            head = log.buy(show, buyer, &[&format!("S-R0-{i}")]).await.position;
+            head = log
+                .buy(show, buyer, &[&format!("S-R0-{}", i + 1)])
+                .await
+                .position;
         }
         assert!(read.projections().wait_for_all(head, WAIT).await);
         read.shutdown().await;
@@ -134,7 +137,10 @@ async fn a_restart_resumes_from_the_checkpoint_without_duplicates() {
 
         // Appended while nothing runs.
         for i in 4..9 {
-            head = log.buy(show, buyer, &[&format!("S-R0-{i}")]).await.position;
+            head = log
+                .buy(show, buyer, &[&format!("S-R0-{}", i + 1)])
+                .await
+                .position;
         }
         assert_eq!(
             load_checkpoint(&env.pool, ORDERS)
@@ -170,7 +176,7 @@ async fn a_restart_resumes_from_the_checkpoint_without_duplicates() {
         );
         let mut purchases = Vec::new();
         for i in 9..20 {
-            purchases.push(log.buy(show, buyer, &[&format!("S-R0-{i}")]).await);
+            purchases.push(log.buy(show, buyer, &[&format!("S-R0-{}", i + 1)]).await);
         }
         head = purchases.last().unwrap().position;
         assert!(read.projections().wait_for_all(head, WAIT).await);
@@ -215,7 +221,10 @@ async fn a_version_bump_empties_the_read_model_and_rebuilds_it() {
         };
         let mut head = 0;
         for i in 0..3 {
-            head = log.buy(show, buyer, &[&format!("S-R0-{i}")]).await.position;
+            head = log
+                .buy(show, buyer, &[&format!("S-R0-{}", i + 1)])
+                .await
+                .position;
         }
         let first = start(1, 1);
         assert!(first.wait_for_all(head, WAIT).await);

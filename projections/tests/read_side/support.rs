@@ -348,6 +348,40 @@ pub fn waitlist_offered(entry: EntryId, rsv: ReservationId, seats: &[&str]) -> D
 pub struct Log {
     store: Arc<dyn EventStore>,
     versions: HashMap<String, u64>,
+    scheduled: std::collections::HashSet<ShowId>,
+}
+
+/// The layout every test show gets unless a test schedules its own: section `S` with rows
+/// `R0` (tier A, 60.00) and `R1` (tier B, 40.00) of 200 seats, and a GA section `GA` of 50
+/// places (tier C, 25.00).
+pub fn show_scheduled(show: ShowId) -> DomainEvent {
+    event(
+        "ShowScheduled",
+        json!({
+            "show_id": show,
+            "organizer_id": UserId(new_id()),
+            "name": "Test show",
+            "venue": {"name": "Hall", "city": "Lyon", "country": "FR", "timezone": "Europe/Paris"},
+            "starts_at": Utc::now() + chrono::Duration::days(30),
+            "currency": "EUR",
+            "sales_open_at": null,
+            "sales_close_at": null,
+            "limits": {"max_tickets_per_user": 8, "hold_ttl_seconds": 300,
+                       "payment_timeout_seconds": 120, "waitlist_claim_seconds": 600},
+            "price_tiers": [
+                {"id": "A", "name": "Front", "price": 6000},
+                {"id": "B", "name": "Back", "price": 4000},
+                {"id": "C", "name": "Floor", "price": 2500}
+            ],
+            "sections": [
+                {"id": "S", "name": "Stalls", "kind": "seated", "rows": [
+                    {"row": "R0", "seats": 200, "tier": "A"},
+                    {"row": "R1", "seats": 200, "tier": "B"}
+                ]},
+                {"id": "GA", "name": "Floor", "kind": "general_admission", "capacity": 50, "tier": "C"}
+            ]
+        }),
+    )
 }
 
 impl Log {
@@ -355,11 +389,22 @@ impl Log {
         Self {
             store: Arc::clone(store),
             versions: HashMap::new(),
+            scheduled: std::collections::HashSet::new(),
         }
     }
 
     /// Appends `events` of `show` in one transaction; returns the last position.
+    /// A show is scheduled (with [`show_scheduled`]'s layout) in the first batch appended
+    /// to it, as the engine would have done before any hold.
     pub async fn append(&mut self, show: ShowId, events: &[DomainEvent]) -> u64 {
+        let mut with_schedule = Vec::new();
+        let events = if self.scheduled.insert(show) {
+            with_schedule.push(show_scheduled(show));
+            with_schedule.extend_from_slice(events);
+            &with_schedule[..]
+        } else {
+            events
+        };
         let mut streams: Vec<StreamExpectation> = Vec::new();
         let mut pending = Vec::with_capacity(events.len());
         for domain_event in events {
