@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Caller, Role};
-use crate::catalog::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
+use crate::catalog::page_limit;
 use crate::error::{ApiError, ApiResult};
 use crate::openapi::Problem;
 use crate::state::AppState;
@@ -124,13 +124,7 @@ async fn audit_log(
 ) -> ApiResult<Response> {
     caller.require(&[Role::Auditor])?;
     let Query(params) = params.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
-    let limit = params.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
-    if limit == 0 || limit > PAGE_LIMIT_MAX {
-        return Err(ApiError::invalid_field(
-            "limit",
-            format!("must be between 1 and {PAGE_LIMIT_MAX}"),
-        ));
-    }
+    let limit = page_limit(params.limit)?;
     let after = match &params.cursor {
         Some(cursor) => cursor
             .parse::<u64>()

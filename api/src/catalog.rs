@@ -18,6 +18,18 @@ use crate::views::{ShowPage, ShowView};
 
 pub const PAGE_LIMIT_DEFAULT: usize = 50;
 pub const PAGE_LIMIT_MAX: usize = 100;
+/// The page size a list request asks for: `limit`, 50 by default, 1 to 100.
+pub fn page_limit(limit: Option<usize>) -> ApiResult<usize> {
+    let limit = limit.unwrap_or(PAGE_LIMIT_DEFAULT);
+    if limit == 0 || limit > PAGE_LIMIT_MAX {
+        return Err(ApiError::invalid_field(
+            "limit",
+            format!("must be between 1 and {PAGE_LIMIT_MAX}"),
+        ));
+    }
+    Ok(limit)
+}
+
 /// Longest search text accepted.
 const QUERY_LEN_MAX: usize = 200;
 
@@ -93,13 +105,7 @@ async fn list_shows(
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(params) = params.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
-    let limit = params.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
-    if limit == 0 || limit > PAGE_LIMIT_MAX {
-        return Err(ApiError::invalid_field(
-            "limit",
-            format!("must be between 1 and {PAGE_LIMIT_MAX}"),
-        ));
-    }
+    let limit = page_limit(params.limit)?;
     let after =
         match &params.cursor {
             Some(c) => Some(decode_cursor(c).ok_or_else(|| {

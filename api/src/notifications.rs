@@ -2,8 +2,6 @@
 //! and refunded orders, expiries, failed payments), newest first, from the
 //! notifications projection.
 
-use std::time::Duration;
-
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
@@ -15,11 +13,11 @@ use utoipa_axum::routes;
 use validator::Validate;
 
 use crate::auth::{Caller, validation_error};
-use crate::catalog::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
+use crate::catalog::page_limit;
 use crate::error::{ApiError, ApiResult};
 use crate::json::Json;
 use crate::openapi::Problem;
-use crate::orders::{READ_YOUR_WRITES_WAIT_MS, view_error};
+use crate::orders::{catch_up, view_error};
 use crate::state::AppState;
 use crate::views::{NotificationPage, NotificationView};
 
@@ -177,19 +175,8 @@ async fn list_notifications(
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(params) = params.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
-    let limit = params.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
-    if limit == 0 || limit > PAGE_LIMIT_MAX {
-        return Err(ApiError::invalid_field(
-            "limit",
-            format!("must be between 1 and {PAGE_LIMIT_MAX}"),
-        ));
-    }
-    if let Ok(head) = app.engine.store().head_position().await {
-        app.reads
-            .notifications_at
-            .wait_for(head, Duration::from_millis(READ_YOUR_WRITES_WAIT_MS))
-            .await;
-    }
+    let limit = page_limit(params.limit)?;
+    catch_up(&app, &app.reads.notifications_at).await;
     let (notifications, next_cursor) = app
         .reads
         .notifications

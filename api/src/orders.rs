@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use boxoffice_domain::{OrderId, ShowId};
-use boxoffice_projections::{Order, OrderFilter, ViewError};
+use boxoffice_projections::{Order, OrderFilter, ProjectorHandle, ViewError};
 use boxoffice_sagas::saga::RefundError;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -17,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Caller, Role};
-use crate::catalog::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
+use crate::catalog::page_limit;
 use crate::error::{ApiError, ApiResult};
 use crate::openapi::Problem;
 use crate::state::AppState;
@@ -78,12 +78,11 @@ pub(crate) fn view_error(e: ViewError) -> ApiError {
     }
 }
 
-/// Lets the orders projection catch up with everything the log had when the request
-/// came in (bounded: a lagging projection answers what it has).
-async fn catch_up(app: &AppState) {
+/// Lets a projection catch up with everything the log had when the request came in
+/// (bounded: a lagging projection answers what it has), so a client reads its writes.
+pub(crate) async fn catch_up(app: &AppState, projector: &ProjectorHandle) {
     if let Ok(head) = app.engine.store().head_position().await {
-        app.reads
-            .orders_at
+        projector
             .wait_for(head, Duration::from_millis(READ_YOUR_WRITES_WAIT_MS))
             .await;
     }
@@ -106,7 +105,7 @@ async fn organizes(app: &AppState, caller: &Caller, show: ShowId) -> bool {
 async fn visible_order(app: &AppState, caller: &Caller, raw: &str) -> ApiResult<Order> {
     let not_found = || ApiError::not_found("order_not_found", "order");
     let id: OrderId = raw.parse().map_err(|_| not_found())?;
-    catch_up(app).await;
+    catch_up(app, &app.reads.orders_at).await;
     let order = app
         .reads
         .orders
@@ -147,13 +146,7 @@ async fn list_orders(
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(params) = params.map_err(|e| ApiError::invalid_field("query", e.body_text()))?;
-    let limit = params.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
-    if limit == 0 || limit > PAGE_LIMIT_MAX {
-        return Err(ApiError::invalid_field(
-            "limit",
-            format!("must be between 1 and {PAGE_LIMIT_MAX}"),
-        ));
-    }
+    let limit = page_limit(params.limit)?;
     let show = match &params.show_id {
         Some(raw) => Some(
             raw.parse::<ShowId>()
@@ -186,7 +179,7 @@ async fn list_orders(
             show_id: show,
         }
     };
-    catch_up(&app).await;
+    catch_up(&app, &app.reads.orders_at).await;
     let (orders, next_cursor) = app
         .reads
         .orders

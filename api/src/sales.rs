@@ -2,10 +2,7 @@
 //! and section, what became of its holds, its waiting list), from the sales, reservations
 //! and waitlist read models. The show's organizer, auditors and admins.
 
-use std::time::Duration;
-
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use boxoffice_domain::{Minor, ShowId};
 use serde::Serialize;
@@ -16,7 +13,7 @@ use utoipa_axum::routes;
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::openapi::Problem;
-use crate::orders::{READ_YOUR_WRITES_WAIT_MS, view_error};
+use crate::orders::{catch_up, view_error};
 use crate::shows::ShowPath;
 use crate::state::AppState;
 use crate::views::Money;
@@ -107,29 +104,13 @@ async fn show_sales(
 ) -> ApiResult<Response> {
     caller.require(&[Role::Organizer, Role::Auditor])?;
     let not_found = || ApiError::not_found("show_not_found", "show");
-    let show: ShowId = raw.parse().map_err(|_| not_found())?;
-    let organizer = app
-        .engine
-        .query(show, |s| s.show.as_ref().map(|s| s.organizer_id))
-        .await;
-    let organizer = match organizer {
-        Ok(Some(organizer)) => organizer,
-        Ok(None) | Err(boxoffice_commands::EngineError::ShowStopped(_)) => return Err(not_found()),
-        Err(e) => return Err(e.into()),
+    // Auditors (and admins) read any show's report; an organizer only its own.
+    let show: ShowId = if caller.has(Role::Auditor) {
+        raw.parse().map_err(|_| not_found())?
+    } else {
+        crate::manage::managed_show(&app, &caller, &raw).await?
     };
-    if !caller.has(Role::Auditor) && organizer != caller.user_id {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only the show's organizer, auditors and admins see its sales",
-        ));
-    }
-    if let Ok(head) = app.engine.store().head_position().await {
-        app.reads
-            .sales_at
-            .wait_for(head, Duration::from_millis(READ_YOUR_WRITES_WAIT_MS))
-            .await;
-    }
+    catch_up(&app, &app.reads.sales_at).await;
     let sales = app
         .reads
         .sales

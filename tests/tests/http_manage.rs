@@ -415,14 +415,18 @@ async fn patch_changes_a_show_and_honours_if_match() {
 
         // GET gives the version as ETag (once the read model has the change).
         let mut etag = String::new();
-        for _ in 0..50 {
+        for _ in 0..250 {
             let response = server
                 .client
                 .get(format!("{}{path}", server.base))
                 .send()
                 .await
                 .unwrap();
-            etag = response.headers()["etag"].to_str().unwrap().to_string();
+            let status = response.status();
+            etag = match response.headers().get("etag") {
+                Some(value) => value.to_str().unwrap().to_string(),
+                None => format!("none (status {status}: {})", response.text().await.unwrap()),
+            };
             if etag == "\"5\"" {
                 break;
             }
