@@ -336,13 +336,7 @@ impl Actor {
                 self.shared.config.timer_sleep_ms_max,
             ));
         }
-        if self.state.show.as_ref().is_some_and(|s| s.cancelled)
-            && self
-                .state
-                .reservations
-                .values()
-                .any(|r| r.status == boxoffice_domain::reservation::ReservationStatus::Held)
-        {
+        if self.state.cancelled_show_has_holds() {
             // A cancelled show's remaining holds are cancelled in the next batch, now.
             return Some(StdDuration::ZERO);
         }

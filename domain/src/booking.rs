@@ -419,10 +419,19 @@ impl ShowState {
     }
 
     /// Held reservations whose time is up at `now`, earliest first.
+    /// Whether a cancelled show still has open holds (the engine cancels them next).
+    pub fn cancelled_show_has_holds(&self) -> bool {
+        self.show.as_ref().is_some_and(|s| s.cancelled)
+            && self
+                .reservations
+                .values()
+                .any(|r| r.status == ReservationStatus::Held)
+    }
+
     /// Holds still open on a cancelled show (more than one decision cancels at once):
     /// the engine cancels them next, in order of id.
     pub fn holds_of_cancelled_show(&self) -> Vec<ReservationId> {
-        if !self.show.as_ref().is_some_and(|s| s.cancelled) {
+        if !self.cancelled_show_has_holds() {
             return Vec::new();
         }
         let mut held: Vec<ReservationId> = self
