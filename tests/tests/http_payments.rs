@@ -112,6 +112,24 @@ async fn seat_status(server: &Server, show: &str, seat: &str) -> String {
         .unwrap()
 }
 
+/// Asserts the seat map shows `seat` as `want`. The seat map is a read model that
+/// follows the log, so a change the saga made a moment ago may take a little while to
+/// show; this waits for it (up to 5 s) rather than read a stale map.
+async fn assert_seat(server: &Server, show: &str, seat: &str, want: &str) {
+    let started = Instant::now();
+    loop {
+        let status = seat_status(server, show, seat).await;
+        if status == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "seat {seat} is {status}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_test_token_ends_in_the_right_state() {
     for backend in backends().await {
@@ -141,7 +159,7 @@ async fn every_test_token_ends_in_the_right_state() {
                 .iter()
                 .all(|t| t["code"].as_str().unwrap().len() >= 32)
         );
-        assert_eq!(seat_status(&server, &show, "1-A-1").await, "sold");
+        assert_seat(&server, &show, "1-A-1", "sold").await;
         // Paying again is refused: the reservation is no longer held.
         let (status, again) = checkout(&server, &visa, &buyer.token, "tok_visa", 1).await;
         assert_eq!(
@@ -165,7 +183,7 @@ async fn every_test_token_ends_in_the_right_state() {
             Duration::from_secs(1),
         )
         .await;
-        assert_eq!(seat_status(&server, &show, "1-A-3").await, "available");
+        assert_seat(&server, &show, "1-A-3", "available").await;
 
         // tok_timeout: pending past the wait; voided at the deadline, then released.
         let timeout = hold(&server, &show, &buyer.token, &["1-A-4"]).await;
@@ -175,7 +193,7 @@ async fn every_test_token_ends_in_the_right_state() {
             (202, Some("payment_pending")),
             "{body}"
         );
-        assert_eq!(seat_status(&server, &show, "1-A-4").await, "held");
+        assert_seat(&server, &show, "1-A-4", "held").await;
 
         // tok_late_visa: captured just after the deadline, cannot be voided: tickets.
         let late = hold(&server, &show, &buyer.token, &["1-A-5"]).await;
@@ -190,7 +208,7 @@ async fn every_test_token_ends_in_the_right_state() {
         let limit = Duration::from_secs(15);
         let voided = reservation_reaches(&server, &timeout, &buyer.token, "expired", limit).await;
         assert_eq!(voided["payment"]["status"], "timed_out");
-        assert_eq!(seat_status(&server, &show, "1-A-4").await, "available");
+        assert_seat(&server, &show, "1-A-4", "available").await;
         let late_paid = reservation_reaches(&server, &late, &buyer.token, "confirmed", limit).await;
         assert!(late_paid["order_id"].is_string());
         // Let the duplicate deliveries of tok_dup_visa arrive before the log is read.
@@ -331,7 +349,7 @@ async fn forged_tampered_stale_and_replayed_webhooks_change_nothing() {
         )
         .await;
         assert_eq!(r["status"], "payment_pending", "{r}");
-        assert_eq!(seat_status(&server, &show, "1-A-1").await, "held");
+        assert_seat(&server, &show, "1-A-1", "held").await;
         // Malformed JSON with a good signature is refused as such.
         let (status, problem) = json_of(
             signed(&server, &secret, now, "{not json")
@@ -415,7 +433,7 @@ async fn buyer_b_cannot_touch_buyer_a_things_and_refunds_need_staff() {
         );
         let (status, again) = json_of(post(&organizer).await.unwrap()).await;
         assert_eq!((status, again["status"].as_str()), (200, Some("refunded")));
-        assert_eq!(seat_status(&server, &show, "1-A-1").await, "available");
+        assert_seat(&server, &show, "1-A-1", "available").await;
         let (_, order_now) = get(&server, &format!("/v1/orders/{order}"), &a.token).await;
         assert_eq!(order_now["status"], "refunded");
         let (_, r) = get(&server, &format!("/v1/reservations/{held}"), &a.token).await;
@@ -460,7 +478,7 @@ async fn a_waitlist_offer_is_notified_and_paid_like_any_reservation() {
         assert_eq!(status, 402, "{}", backend.name);
         let (_, waiting) = get(&server, &format!("/v1/waitlist/{entry}"), &b.token).await;
         assert_eq!(waiting["status"], "offered", "{waiting}");
-        assert_eq!(seat_status(&server, &show, "1-A-1").await, "held");
+        assert_seat(&server, &show, "1-A-1", "held").await;
         let offer = waiting["offer"]["reservation_id"]
             .as_str()
             .unwrap()
@@ -478,7 +496,7 @@ async fn a_waitlist_offer_is_notified_and_paid_like_any_reservation() {
         );
         let (_, claimed) = get(&server, &format!("/v1/waitlist/{entry}"), &b.token).await;
         assert_eq!(claimed["status"], "claimed");
-        assert_eq!(seat_status(&server, &show, "1-A-1").await, "sold");
+        assert_seat(&server, &show, "1-A-1", "sold").await;
         server.stop().await;
     }
 }
@@ -577,7 +595,7 @@ async fn an_expired_hold_cannot_be_paid() {
             "{}",
             backend.name
         );
-        assert_eq!(seat_status(&server, &show, "1-A-1").await, "available");
+        assert_seat(&server, &show, "1-A-1", "available").await;
         let (_, notes) = get(&server, "/v1/me/notifications", &buyer.token).await;
         assert_eq!(notes["data"][0]["kind"], "hold_expired", "{notes}");
         server.stop().await;
