@@ -42,6 +42,7 @@ use axum::{Router, middleware};
 use boxoffice_commands::{Engine, EngineConfig};
 use boxoffice_domain::{RandomIds, SystemClock};
 use boxoffice_store::EventStore;
+use boxoffice_store::chain::ChainKey;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -90,6 +91,11 @@ pub struct Config {
     /// A file holding the token secret.
     #[arg(long, env = "JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,
+    /// The file holding the key of the event log's hash chain (tamper evidence; keep it
+    /// outside the database and back it up: `boxctl verify` needs it). Default
+    /// `<data dir>/event-chain.key`, generated there on first start.
+    #[arg(long, env = "EVENT_CHAIN_KEY_FILE")]
+    pub event_chain_key_file: Option<PathBuf>,
     /// Requests per second one user may make (burst twice that); 0 turns it off.
     #[arg(long, env = "RATE_LIMIT_PER_USER", default_value_t = 50)]
     pub rate_limit_per_user: u32,
@@ -133,6 +139,7 @@ impl Config {
             data_dir,
             jwt_secret: Some(format!("test-secret-{}", uuid::Uuid::new_v4().simple())),
             jwt_secret_file: None,
+            event_chain_key_file: None,
             rate_limit_per_user: 50,
             rate_limit_per_ip: 2_000,
             payment_provider_url: None,
@@ -155,6 +162,23 @@ impl Config {
             return Ok(std::fs::read_to_string(path)?.trim().as_bytes().to_vec());
         }
         self.generated_secret("jwt-secret")
+    }
+
+    /// The key of the event log's hash chain: from its file, generated there on first
+    /// use.
+    pub fn chain_key(&self) -> anyhow::Result<ChainKey> {
+        let path = self
+            .event_chain_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("event-chain.key"));
+        let (key, created) = ChainKey::load_or_create(&path)?;
+        if created {
+            tracing::warn!(
+                path = %path.display(),
+                "generated the event log's hash-chain key; back it up outside the database"
+            );
+        }
+        Ok(key)
     }
 
     /// The payment webhook secret: configured, or generated once into the data dir.
@@ -193,7 +217,7 @@ pub async fn add_user(
     roles: &[auth::Role],
 ) -> anyhow::Result<boxoffice_store::users::UserRecord> {
     // Opening the event store applies the migrations, the users table among them.
-    let _store = boxoffice_store::connect(&config.database_url).await?;
+    let _store = boxoffice_store::connect(&config.database_url, None).await?;
     let users = UserDirectory::connect(&config.database_url).await?;
     let auth = Arc::new(Auth::new(&config.jwt_secret()?)?);
     let body = auth::RegisterBody::new(email, &password, display_name.as_deref());
@@ -215,7 +239,8 @@ pub struct Application {
 impl Application {
     /// Opens the store, loads every show and the seat maps, and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = boxoffice_store::connect(&config.database_url).await?;
+        let store =
+            boxoffice_store::connect(&config.database_url, Some(config.chain_key()?)).await?;
         Self::build_with_store(config, store).await
     }
 
@@ -299,10 +324,10 @@ impl Application {
         let reads = state::Reads {
             orders: read_side.orders().clone(),
             notifications: read_side.notifications().clone(),
-            orders_at: read_side.orders_projector().clone(),
-            notifications_at: read_side.notifications_projector().clone(),
+            orders_at: vec![read_side.orders_projector().clone()],
+            notifications_at: vec![read_side.notifications_projector().clone()],
             sales: read_side.sales().clone(),
-            sales_at: read_side.sales_projector().clone(),
+            sales_at: read_side.sales_projectors(),
         };
         let state = AppState {
             engine,

@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Migrate => {
             // Opening the store applies the backend's migrations.
-            let store = boxoffice_store::connect(&cli.config.database_url).await?;
+            let store = boxoffice_store::connect(&cli.config.database_url, None).await?;
             tracing::info!(backend = store.backend(), "migrations applied");
             Ok(())
         }

@@ -78,13 +78,19 @@ pub(crate) fn view_error(e: ViewError) -> ApiError {
     }
 }
 
-/// Lets a projection catch up with everything the log had when the request came in
-/// (bounded: a lagging projection answers what it has), so a client reads its writes.
-pub(crate) async fn catch_up(app: &AppState, projector: &ProjectorHandle) {
-    if let Ok(head) = app.engine.store().head_position().await {
-        projector
-            .wait_for(head, Duration::from_millis(READ_YOUR_WRITES_WAIT_MS))
-            .await;
+/// Lets the projections a view reads catch up with everything the log had when the
+/// request came in (bounded: a lagging projection answers what it has), so a client reads
+/// its writes.
+pub(crate) async fn catch_up(app: &AppState, projectors: &[ProjectorHandle]) {
+    let Ok(head) = app.engine.store().head_position().await else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(READ_YOUR_WRITES_WAIT_MS);
+    for projector in projectors {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !projector.wait_for(head, left).await {
+            return;
+        }
     }
 }
 

@@ -45,8 +45,9 @@ pub struct Payments {
 pub struct Reads {
     pub orders: OrdersView,
     pub notifications: NotificationsView,
-    pub orders_at: ProjectorHandle,
-    pub notifications_at: ProjectorHandle,
+    /// The projections each view reads (a view may join several read models).
+    pub orders_at: Vec<ProjectorHandle>,
+    pub notifications_at: Vec<ProjectorHandle>,
     pub sales: SalesView,
-    pub sales_at: ProjectorHandle,
+    pub sales_at: Vec<ProjectorHandle>,
 }

@@ -46,6 +46,7 @@ fn binary() -> &'static str {
 fn environment(cmd: &mut Command, url: &str, data: &Path, port: u16) {
     cmd.env("DATABASE_URL", url)
         .env("DATA_DIR", data)
+        .env("EVENT_CHAIN_KEY_FILE", boxoffice_tests::chain_key_file())
         .env("BIND_ADDR", format!("127.0.0.1:{port}"))
         .env("JWT_SECRET", "crash-test-secret-that-is-long-enough-0123")
         .env("PAYMENT_WEBHOOK_SECRET", "crash-test-webhooks")

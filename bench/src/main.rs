@@ -20,6 +20,7 @@ use boxoffice_domain::{
 };
 use boxoffice_store::EventStore;
 mod checkout;
+mod lag;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
@@ -64,6 +65,9 @@ enum Cmd {
         /// Write the results as JSON here too.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+        /// Also run the seat-map projection and measure its lag behind the appends.
+        #[arg(long)]
+        projection_lag: bool,
         #[arg(long, env = "DATABASE_URL")]
         database_url: Option<String>,
     },
@@ -112,6 +116,8 @@ struct EngineRun {
     /// Share of the run the show's actor spent deciding and encoding, and appending.
     decide_seconds: f64,
     append_seconds: f64,
+    /// The seat-map projection's lag behind the appends (with `--projection-lag`).
+    projection_lag: Option<lag::LagReport>,
 }
 
 #[tokio::main]
@@ -124,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
             clients,
             seconds,
             json,
+            projection_lag,
             database_url,
         } => {
             let mut runs = Vec::new();
@@ -132,14 +139,19 @@ async fn main() -> anyhow::Result<()> {
                     .join(format!("boxoffice-bench-{}", uuid::Uuid::new_v4().simple()));
                 std::fs::create_dir_all(&dir)?;
                 let url = format!("sqlite://{}", dir.join("bench.db").display());
-                runs.push(engine_run("sqlite", &url, seats, clients, seconds).await?);
+                runs.push(
+                    engine_run("sqlite", &url, seats, clients, seconds, projection_lag).await?,
+                );
                 std::fs::remove_dir_all(&dir).ok();
             }
             if matches!(backend, BackendChoice::Postgres | BackendChoice::Both) {
                 match database_url.filter(|u| u.starts_with("postgres")) {
                     Some(base) => {
                         let (url, name) = fresh_postgres(&base).await?;
-                        runs.push(engine_run("postgres", &url, seats, clients, seconds).await?);
+                        runs.push(
+                            engine_run("postgres", &url, seats, clients, seconds, projection_lag)
+                                .await?,
+                        );
                         drop_postgres(&base, &name).await;
                     }
                     None => eprintln!("postgres: skipped (set DATABASE_URL=postgres://…)"),
@@ -271,8 +283,10 @@ async fn engine_run(
     seats: u32,
     clients: usize,
     seconds: u64,
+    projection_lag: bool,
 ) -> anyhow::Result<EngineRun> {
-    let store = boxoffice_store::connect(url).await?;
+    let store =
+        boxoffice_store::connect(url, Some(boxoffice_store::chain::ChainKey::generate())).await?;
     let engine = Engine::new(
         Arc::clone(&store),
         Arc::new(SystemClock),
@@ -289,6 +303,11 @@ async fn engine_run(
         .execute(show, Command::Show(schedule), CommandMeta::new("bench"))
         .await?;
     let rows = seats.div_ceil(SEATS_PER_ROW);
+    let lag_probe = if projection_lag {
+        Some(lag::LagProbe::start(Arc::clone(&store), url).await?)
+    } else {
+        None
+    };
 
     // Each client walks its own sequence of pair slots, spread over the whole show so
     // that clients collide sometimes (two clients can pick the same pair) but not always.
@@ -367,6 +386,10 @@ async fn engine_run(
     let decide_seconds = stats.decide_micros.load(Ordering::Relaxed) as f64 / 1e6;
     let append_seconds = stats.append_micros.load(Ordering::Relaxed) as f64 / 1e6;
     engine.shutdown().await;
+    let projection_lag = match lag_probe {
+        Some(probe) => Some(probe.finish().await?),
+        None => None,
+    };
     let (sold_twice, held_in_log) = oversell_check(&store, show).await?;
     Ok(EngineRun {
         backend: backend.to_string(),
@@ -390,6 +413,7 @@ async fn engine_run(
         seats_held_in_log: held_in_log,
         decide_seconds,
         append_seconds,
+        projection_lag,
     })
 }
 
@@ -447,4 +471,10 @@ fn print_run(r: &EngineRun) {
         r.seats_held_in_log,
         r.seats_sold_twice,
     );
+    if let Some(lag) = &r.projection_lag {
+        println!(
+            "{:>8}  seat-map projection lag over {} commits: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            "", lag.samples, lag.lag_ms_p50, lag.lag_ms_p90, lag.lag_ms_p99, lag.lag_ms_max
+        );
+    }
 }

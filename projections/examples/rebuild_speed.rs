@@ -117,7 +117,9 @@ async fn main() {
     let target: u64 = args
         .next()
         .map_or(1_000_000, |n| n.parse().expect("a count"));
-    let store = boxoffice_store::connect(&url).await.expect("open store");
+    let store = boxoffice_store::connect(&url, Some(boxoffice_store::chain::ChainKey::generate()))
+        .await
+        .expect("open store");
     let pool = TablePool::connect(&url).await.expect("open side tables");
 
     let shows: Vec<ShowId> = (0..SHOWS).map(|_| ShowId(Uuid::now_v7())).collect();

@@ -391,6 +391,91 @@ impl Tx {
     }
 }
 
+/// How long opening a [`Session`] may wait for the database.
+const SESSION_CONNECT_MS_MAX: u64 = 10_000;
+
+/// One database connection of its own, outside the shared pool, for as long as this value
+/// lives: every transaction begun on it runs on that same connection, so what is
+/// connection-local (TEMP tables) stays visible from one transaction to the next. A
+/// projection rebuild builds its shadow tables on one (`shadow.rs`).
+///
+/// It is a pool of exactly one connection opened with the shared pool's connect options,
+/// and never shared with anyone: idle and lifetime limits are off, so the connection is
+/// only replaced if it breaks, and then what lived on it is gone. Callers that rely on
+/// connection-local state must check it is still there in each transaction. Dropping the
+/// session (a cancelled task) closes the connection, which drops its TEMP tables.
+pub struct Session {
+    pool: TablePool,
+}
+
+impl Session {
+    /// Opens the session's connection on the database of `pool`.
+    pub async fn open(pool: &TablePool) -> Result<Self, sqlx::Error> {
+        let connect = std::time::Duration::from_millis(SESSION_CONNECT_MS_MAX);
+        let pool = match pool {
+            TablePool::Postgres(p) => TablePool::Postgres(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(0)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .test_before_acquire(false)
+                    .acquire_timeout(connect)
+                    .connect_with((*p.connect_options()).clone())
+                    .await?,
+            ),
+            TablePool::Sqlite(p) => TablePool::Sqlite(
+                sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(0)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .test_before_acquire(false)
+                    .acquire_timeout(connect)
+                    .connect_with((*p.connect_options()).clone())
+                    .await?,
+            ),
+        };
+        Ok(Self { pool })
+    }
+
+    pub fn backend(&self) -> Backend {
+        backend_of(&self.pool)
+    }
+
+    /// Begins a transaction on the session's connection (like [`Tx::begin`]: `BEGIN
+    /// IMMEDIATE` on SQLite). One at a time: a second `begin` while a transaction is open
+    /// waits for it.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        Tx::begin(&self.pool).await
+    }
+
+    /// Runs a statement on the session's connection outside any transaction.
+    pub async fn execute(&self, sql: &str, params: &[Param]) -> Result<u64, sqlx::Error> {
+        execute(&self.pool, sql, params).await
+    }
+
+    pub async fn fetch_all(&self, sql: &str, params: &[Param]) -> Result<Vec<DbRow>, sqlx::Error> {
+        fetch_all(&self.pool, sql, params).await
+    }
+
+    pub async fn fetch_optional(
+        &self,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Option<DbRow>, sqlx::Error> {
+        fetch_optional(&self.pool, sql, params).await
+    }
+
+    /// Closes the connection (after any open transaction ends).
+    pub async fn close(self) {
+        match self.pool {
+            TablePool::Postgres(p) => p.close().await,
+            TablePool::Sqlite(p) => p.close().await,
+        }
+    }
+}
+
 /// A `$first, $first+1, …` list of `count` placeholders, for `IN (…)`.
 pub fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)

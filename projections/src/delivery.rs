@@ -210,21 +210,8 @@ impl DeliveryWorker {
         clock: Arc<dyn Clock>,
         wake: Option<watch::Receiver<u64>>,
     ) -> Result<Self, NotifyConfigError> {
-        config.check();
-        notify.validate()?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.webhook_timeout_ms))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| NotifyConfigError::Client(e.to_string()))?;
+        let worker = Worker::new(pool, notify, config, clock)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let worker = Worker {
-            pool,
-            notify,
-            config,
-            clock,
-            http,
-        };
         let task = tokio::spawn(worker.run(shutdown_rx, wake));
         Ok(Self { shutdown, task })
     }
@@ -307,6 +294,28 @@ async fn woken(wake: &mut Option<watch::Receiver<u64>>) {
 }
 
 impl Worker {
+    fn new(
+        pool: TablePool,
+        notify: NotifyConfig,
+        config: DeliveryConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, NotifyConfigError> {
+        config.check();
+        notify.validate()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.webhook_timeout_ms))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| NotifyConfigError::Client(e.to_string()))?;
+        Ok(Worker {
+            pool,
+            notify,
+            config,
+            clock,
+            http,
+        })
+    }
+
     async fn run(
         self,
         mut shutdown: watch::Receiver<bool>,
@@ -580,6 +589,181 @@ impl Worker {
         } else {
             Err(Failure::Retry(format!("POST {url}: HTTP {status}")))
         }
+    }
+}
+
+/// An outbox row that was not delivered (for `boxctl reconcile`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Undelivered {
+    pub notification_id: String,
+    pub channel: String,
+    pub user_id: String,
+    pub kind: String,
+    pub created_at: DateTime<Utc>,
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    /// When a worker gave the delivery up, if it did.
+    pub failed_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub data: Value,
+}
+
+/// Outbox rows not delivered: given up, or (for a notification made before `before`)
+/// due since before `before` with no worker taking them, or failed at least once and
+/// still being retried. Oldest first, at most `limit`.
+pub async fn undelivered(
+    pool: &TablePool,
+    before: DateTime<Utc>,
+    limit: usize,
+) -> Result<Vec<Undelivered>, sqlx::Error> {
+    let rows = db::fetch_all(
+        pool,
+        "SELECT o.notification_id, o.channel, o.attempts, o.next_attempt_at, o.failed_at,
+                o.last_error, n.user_id, n.kind, n.created_at, n.data
+         FROM notification_outbox o JOIN notifications n ON n.id = o.notification_id
+         WHERE o.delivered_at IS NULL
+           AND (o.failed_at IS NOT NULL
+                OR (n.created_at < $1 AND (o.attempts > 0 OR o.next_attempt_at < $1)))
+         ORDER BY n.created_at, o.notification_id, o.channel LIMIT $2",
+        &[
+            before.into(),
+            i64::try_from(limit).unwrap_or(i64::MAX).into(),
+        ],
+    )
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Undelivered {
+                notification_id: row.text("notification_id")?,
+                channel: row.text("channel")?,
+                user_id: row.text("user_id")?,
+                kind: row.text("kind")?,
+                created_at: row.time("created_at")?,
+                attempts: u32::try_from(row.int("attempts")?).unwrap_or(u32::MAX),
+                next_attempt_at: row.time("next_attempt_at")?,
+                failed_at: row.opt_time("failed_at")?,
+                last_error: row.opt_text("last_error")?,
+                data: row.json("data")?,
+            })
+        })
+        .collect()
+}
+
+/// Makes a row that was not delivered due at `now` with a fresh count of attempts, so
+/// that a delivery worker (the server's, or [`OneDelivery`]) sends it next. A row
+/// delivered meanwhile is left alone; `false` when nothing was re-queued.
+pub async fn requeue(
+    pool: &TablePool,
+    notification_id: &str,
+    channel: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let changed = db::execute(
+        pool,
+        "UPDATE notification_outbox
+         SET attempts = 0, next_attempt_at = $3, failed_at = NULL, last_error = NULL
+         WHERE notification_id = $1 AND channel = $2 AND delivered_at IS NULL",
+        &[notification_id.into(), channel.into(), now.into()],
+    )
+    .await?;
+    Ok(changed == 1)
+}
+
+/// Where one outbox row stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowState {
+    Delivered,
+    /// Not delivered yet; a worker tries again.
+    Pending {
+        attempts: u32,
+        last_error: Option<String>,
+    },
+    /// A worker gave it up.
+    GivenUp {
+        last_error: Option<String>,
+    },
+    /// No such row.
+    Missing,
+}
+
+/// Where the outbox row of `notification_id` on `channel` stands.
+pub async fn row_state(
+    pool: &TablePool,
+    notification_id: &str,
+    channel: &str,
+) -> Result<RowState, sqlx::Error> {
+    let row = db::fetch_optional(
+        pool,
+        "SELECT attempts, delivered_at, failed_at, last_error FROM notification_outbox
+         WHERE notification_id = $1 AND channel = $2",
+        &[notification_id.into(), channel.into()],
+    )
+    .await?;
+    let Some(row) = row else {
+        return Ok(RowState::Missing);
+    };
+    let last_error = row.opt_text("last_error")?;
+    Ok(if row.opt_time("delivered_at")?.is_some() {
+        RowState::Delivered
+    } else if row.opt_time("failed_at")?.is_some() {
+        RowState::GivenUp { last_error }
+    } else {
+        RowState::Pending {
+            attempts: u32::try_from(row.int("attempts")?).unwrap_or(u32::MAX),
+            last_error,
+        }
+    })
+}
+
+/// Single deliveries outside the worker's loop, through the worker's own code: the row
+/// is claimed with a lease (so a running worker leaves it alone), sent on its channel,
+/// and its outcome recorded as the worker records it. For `boxctl reconcile --fix`.
+pub struct OneDelivery {
+    worker: Worker,
+}
+
+impl OneDelivery {
+    pub fn new(
+        pool: TablePool,
+        notify: NotifyConfig,
+        config: DeliveryConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, NotifyConfigError> {
+        Ok(Self {
+            worker: Worker::new(pool, notify, config, clock)?,
+        })
+    }
+
+    /// Sends the row of `notification_id` on `channel` if it is due (a row that is not,
+    /// or that another worker holds, is left alone) and says where it stands after.
+    pub async fn deliver(
+        &self,
+        notification_id: &str,
+        channel: &str,
+    ) -> Result<RowState, sqlx::Error> {
+        let pool = &self.worker.pool;
+        let row = db::fetch_optional(
+            pool,
+            &format!(
+                "SELECT o.notification_id, o.channel, o.attempts, o.next_attempt_at,
+                        n.user_id, n.kind, n.created_at, n.data
+                 {PENDING} AND o.notification_id = $1 AND o.channel = $2
+                   AND o.next_attempt_at <= $3"
+            ),
+            &[
+                notification_id.into(),
+                channel.into(),
+                self.worker.clock.now().into(),
+            ],
+        )
+        .await?;
+        if let Some(row) = row {
+            match Due::decode(&row) {
+                Ok(due) => self.worker.attempt(due).await?,
+                Err(e) => self.worker.give_up_undecodable(&row, e).await?,
+            }
+        }
+        row_state(pool, notification_id, channel).await
     }
 }
 

@@ -6,7 +6,8 @@
 //! - [`orders`]: orders and tickets, for `/v1/orders`.
 //! - [`analytics`]: the analysts' read models (seat map, reservations, sales, waiting
 //!   list, audit log) and [`SalesView`], the per-show sales report.
-//! - [`rebuild`]: rebuilding a projection from the start of the log on demand.
+//! - [`rebuild`]: rebuilding a projection from the start of the log beside its tables and
+//!   swapping the result in (on a version change, or on demand).
 //! - [`notifications`]: per-user notifications and their outbox, for
 //!   `/v1/me/notifications`; [`delivery`] sends them by email file and webhook.
 //!
@@ -29,6 +30,7 @@ pub mod notifications;
 pub mod orders;
 pub mod rebuild;
 pub mod runtime;
+mod shadow;
 
 pub use analytics::audit::AuditLogProjection;
 pub use analytics::reservations::ReservationsProjection;
@@ -36,7 +38,8 @@ pub use analytics::sales::SalesProjection;
 pub use analytics::seat_map::SeatMapProjection;
 pub use analytics::waitlist::WaitlistProjection;
 pub use analytics::{HoldStats, SalesLine, SalesView, ShowSales, WaitlistStats};
-pub use rebuild::{RebuildReport, rebuild_projection};
+pub use rebuild::{DriftReport, RebuildReport, compare_with_replay, rebuild_projection};
+pub use shadow::TableDrift;
 
 pub use delivery::{DeliveryConfig, DeliveryWorker, NotifyConfig, NotifyConfigError};
 pub use notifications::{
@@ -154,12 +157,23 @@ impl ReadSide {
         &self.sales
     }
 
-    /// The sales projection's position; the report also reads the reservations and
-    /// waitlist projections, see [`Projections::wait_for_all`].
-    pub fn sales_projector(&self) -> &ProjectorHandle {
-        self.projections
-            .get(analytics::sales::NAME)
-            .expect("the sales projection runs")
+    /// The projections the sales report reads: sales, and the reservations and waitlist
+    /// projections for its hold funnel and waitlist figures. A client reading its writes
+    /// waits for all three.
+    pub fn sales_projectors(&self) -> Vec<ProjectorHandle> {
+        [
+            analytics::sales::NAME,
+            analytics::reservations::NAME,
+            analytics::waitlist::NAME,
+        ]
+        .into_iter()
+        .map(|name| {
+            self.projections
+                .get(name)
+                .expect("the sales report's projections run")
+                .clone()
+        })
+        .collect()
     }
 
     /// The orders projection's position, for reading one's own writes.

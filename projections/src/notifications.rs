@@ -14,10 +14,10 @@
 //! replay makes the same ids. In the transaction that inserts a notification the
 //! projection also inserts one outbox row per channel that applies to the user: `email_file`
 //! when an email file is configured, `webhook` when a global webhook URL is configured or
-//! the user has a webhook of their own. Outbox rows are not the projection's: a reset
-//! (version bump) keeps them, and the rebuilt notification, having the same id, finds its
-//! row already there (`ON CONFLICT DO NOTHING`), so nothing is sent twice because of a
-//! rebuild. Which channels apply is decided when the notification is made; a webhook
+//! the user has a webhook of their own. Outbox rows are not the projection's: a rebuild
+//! (version bump, `boxctl rebuild`) does not shadow them, and the rebuilt notification,
+//! having the same id, finds its row already there (`ON CONFLICT DO NOTHING`), so nothing
+//! is sent twice because of a rebuild. Which channels apply is decided when the notification is made; a webhook
 //! added later does not reach older notifications.
 
 use async_trait::async_trait;

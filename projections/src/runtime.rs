@@ -16,13 +16,17 @@
 //! Any error (database down, an event the projection cannot use) is logged and retried
 //! with exponential backoff; the task only ends at shutdown.
 //!
-//! Versions: a projection whose stored version differs from its code's version is reset
-//! (its tables emptied in the same transaction that sets the checkpoint back to 0) and
-//! replayed from the start of the log. The read model is incomplete while it replays,
-//! and two processes running different versions of one projection would reset it in
-//! turn, so a version change must reach every process at once. The later read-model
-//! issue replaces this with building the new version into fresh tables beside the old
-//! ones and swapping when it has caught up.
+//! Versions: the checkpoint also records which version of the projection's code the
+//! tables hold, and only a rebuild changes it. A runner whose code is newer than the
+//! stored version rebuilds the read model beside the old one ([`crate::rebuild`]: shadow
+//! tables on a connection of its own, swapped in when caught up) while the old tables and
+//! checkpoint keep serving; until the swap its handle reports the old checkpoint's
+//! position, then it follows the log as usual. Two processes starting the new version at
+//! once both build, and the first swap wins: the other finds the version changed and
+//! discards its copy. A runner whose code is older than the stored version (a process not
+//! yet upgraded) stands by: it applies nothing, and its handle follows the checkpoint that
+//! the newer process moves. Going back to an older version takes an explicit rebuild with
+//! the older code (`boxctl rebuild`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,12 +70,14 @@ pub trait Projection: Send + Sync + 'static {
     /// Unique among the projections of a process; the checkpoint's key.
     fn name(&self) -> &'static str;
 
-    /// Bumped whenever the projection's output for the same log changes; a change resets
-    /// the read model and replays the log into it.
+    /// Bumped whenever the projection's output for the same log changes; a runner of a
+    /// newer version rebuilds the read model beside the old one and swaps it in.
     fn version(&self) -> u32;
 
-    /// The tables holding this projection's rows, emptied in this order on a reset
-    /// (children before parents).
+    /// The tables holding this projection's rows, children before parents: a rebuild
+    /// builds a copy of each and, at the swap, empties them in this order and refills them
+    /// in the reverse order. `apply` must name them unqualified, so that during a rebuild
+    /// its statements reach the copies.
     fn tables(&self) -> &'static [&'static str];
 
     /// Applies a batch of events, in log order, inside the runner's transaction. The
@@ -199,6 +205,18 @@ pub(crate) async fn lock_checkpoint(
         .transpose()
 }
 
+/// Panics unless every table of `projection` is a plain identifier (the table names are
+/// written into SQL).
+pub(crate) fn check_tables(projection: &dyn Projection) {
+    for table in projection.tables() {
+        assert!(
+            !table.is_empty() && table.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+            "projection {} names a table {table:?} that is not a plain identifier",
+            projection.name()
+        );
+    }
+}
+
 /// What the API holds of a running projection: its applied position.
 #[derive(Clone)]
 pub struct ProjectorHandle {
@@ -269,12 +287,7 @@ impl Projections {
                 !handles.iter().any(|h: &ProjectorHandle| h.name == name),
                 "projection {name} started twice"
             );
-            for table in projection.tables() {
-                assert!(
-                    !table.is_empty() && table.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
-                    "projection {name} names a table {table:?} that is not a plain identifier"
-                );
-            }
+            check_tables(projection.as_ref());
             let (applied, applied_rx) = watch::channel(0);
             handles.push(ProjectorHandle {
                 name,
@@ -300,10 +313,11 @@ impl Projections {
         }
     }
 
-    /// Rebuilds one running projection from the start of the log (see
-    /// [`crate::rebuild::rebuild_projection`]) while its runner keeps going: the runner
-    /// finds its checkpoint moved, reloads it and continues from wherever the rebuild is,
-    /// so no batch is applied twice. `None` for an unknown name.
+    /// Rebuilds one running projection from the start of the log beside its tables and
+    /// swaps the result in (see [`crate::rebuild::rebuild_projection`]) while its runner
+    /// keeps the current tables going: at the swap the runner finds its checkpoint moved,
+    /// reloads it and continues after the rebuild's position, so no event is applied twice.
+    /// `None` for an unknown name.
     pub async fn rebuild(
         &self,
         name: &str,
@@ -362,6 +376,34 @@ struct Runner {
     applied: watch::Sender<u64>,
 }
 
+/// What a runner knows of its checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Known {
+    /// Nothing yet, or it may have moved: load it before the next batch.
+    Unloaded,
+    /// The tables hold this code's version up to this position.
+    At(u64),
+    /// The tables hold this newer version, which another process keeps up: apply
+    /// nothing, look again on the next wake.
+    StandingBy { stored_version: u32 },
+}
+
+/// The stored checkpoint, compared with the code's version.
+enum Loaded {
+    Current {
+        position: u64,
+    },
+    /// An older version: rebuild beside it.
+    Older {
+        stored_version: u32,
+        position: u64,
+    },
+    Newer {
+        stored_version: u32,
+        position: u64,
+    },
+}
+
 enum Step {
     /// Nothing after the checkpoint.
     Idle,
@@ -382,7 +424,7 @@ impl Runner {
         let backoff_min = Duration::from_millis(self.config.retry_backoff_ms_min);
         let backoff_max = Duration::from_millis(self.config.retry_backoff_ms_max);
         let mut head = self.store.subscribe_head();
-        let mut known: Option<u64> = None;
+        let mut known = Known::Unloaded;
         let mut backoff = backoff_min;
         let mut failures: u32 = 0;
         tracing::info!(projection = name, "projection started");
@@ -418,7 +460,7 @@ impl Runner {
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
-                    known = None;
+                    known = Known::Unloaded;
                     let retry_in_ms = backoff.as_millis() as u64;
                     if matches!(
                         e,
@@ -464,19 +506,59 @@ impl Runner {
 
     async fn step(
         &self,
-        known: &mut Option<u64>,
+        known: &mut Known,
         head: &mut watch::Receiver<u64>,
     ) -> Result<Step, ProjectionError> {
         let name = self.projection.name();
         let version = self.projection.version();
         let position = match *known {
-            Some(position) => position,
-            None => {
-                let position = self.prepare().await?;
-                *known = Some(position);
-                self.publish(position);
-                position
-            }
+            Known::At(position) => position,
+            Known::Unloaded | Known::StandingBy { .. } => match self.load().await? {
+                Loaded::Current { position } => {
+                    tracing::info!(projection = name, version, position, "checkpoint loaded");
+                    *known = Known::At(position);
+                    self.publish(position);
+                    position
+                }
+                Loaded::Newer {
+                    stored_version,
+                    position,
+                } => {
+                    if *known != (Known::StandingBy { stored_version }) {
+                        tracing::warn!(
+                            projection = name,
+                            stored_version,
+                            version,
+                            "the tables hold a newer version of this projection; standing by \
+                             (rebuild explicitly to go back to this version)"
+                        );
+                    }
+                    *known = Known::StandingBy { stored_version };
+                    // Another process keeps the tables; reads here see what it applied.
+                    self.publish(position);
+                    head.borrow_and_update();
+                    return Ok(Step::Idle);
+                }
+                Loaded::Older {
+                    stored_version,
+                    position,
+                } => {
+                    // The old tables keep serving, complete up to their checkpoint, until
+                    // the swap; the handle says so.
+                    self.publish(position);
+                    crate::rebuild::rebuild_beside(
+                        &self.store,
+                        &self.pool,
+                        self.projection.as_ref(),
+                        self.config.batch_events_max,
+                        stored_version,
+                    )
+                    .await?;
+                    // Swapped in by this runner or by another process: load what is there.
+                    *known = Known::Unloaded;
+                    return Ok(Step::Progress { more: true });
+                }
+            },
         };
         // Marked seen before reading: an append after this point wakes the next wait.
         head.borrow_and_update();
@@ -500,7 +582,7 @@ impl Runner {
         let mut tx = Tx::begin(&self.pool).await?;
         let stored = lock_checkpoint(&mut tx, name).await?;
         if stored != Some((version, position)) {
-            // Another runner (another process) moved the checkpoint, or reset it.
+            // Another runner (another process) moved the checkpoint, or a rebuild swapped.
             tx.rollback().await?;
             tracing::info!(
                 projection = name,
@@ -508,7 +590,7 @@ impl Runner {
                 ?stored,
                 "checkpoint moved under this runner; reloading it"
             );
-            *known = None;
+            *known = Known::Unloaded;
             return Ok(Step::Progress { more: true });
         }
         self.projection.apply(&mut tx, &events).await?;
@@ -520,50 +602,47 @@ impl Runner {
             .await?;
         assert_eq!(updated, 1, "the locked checkpoint row of {name} exists");
         tx.commit().await?;
-        *known = Some(last);
+        *known = Known::At(last);
         self.publish(last);
         Ok(Step::Progress {
             more: events.len() >= self.config.batch_events_max,
         })
     }
 
-    /// Loads the checkpoint, creating it at 0, and resets the read model if the stored
-    /// version is not the code's.
-    async fn prepare(&self) -> Result<u64, ProjectionError> {
+    /// Loads the checkpoint, creating it at 0 with the code's version for a projection that
+    /// never ran (its tables are empty). Changes nothing else: only a rebuild's swap
+    /// changes the stored version.
+    async fn load(&self) -> Result<Loaded, ProjectionError> {
         let name = self.projection.name();
         let version = self.projection.version();
-        let mut tx = Tx::begin(&self.pool).await?;
-        tx.execute(
-            "INSERT INTO projection_checkpoints (name, version, position, updated_at)
-             VALUES ($1, $2, 0, $3) ON CONFLICT (name) DO NOTHING",
-            &[name.into(), i64::from(version).into(), Utc::now().into()],
-        )
-        .await?;
-        let Some((stored_version, position)) = lock_checkpoint(&mut tx, name).await? else {
-            return Err(ProjectionError::Failed(format!(
-                "the checkpoint row of {name} vanished while it was being loaded"
-            )));
+        let checkpoint = match load_checkpoint(&self.pool, name).await? {
+            Some(checkpoint) => checkpoint,
+            None => {
+                db::execute(
+                    &self.pool,
+                    "INSERT INTO projection_checkpoints (name, version, position, updated_at)
+                     VALUES ($1, $2, 0, $3) ON CONFLICT (name) DO NOTHING",
+                    &[name.into(), i64::from(version).into(), Utc::now().into()],
+                )
+                .await?;
+                load_checkpoint(&self.pool, name).await?.ok_or_else(|| {
+                    ProjectionError::Failed(format!(
+                        "the checkpoint row of {name} vanished while it was being loaded"
+                    ))
+                })?
+            }
         };
-        if stored_version == version {
-            tx.commit().await?;
-            tracing::info!(projection = name, version, position, "checkpoint loaded");
-            return Ok(position);
-        }
-        tracing::warn!(
-            projection = name,
-            stored_version,
-            version,
-            "projection version changed; emptying its tables and replaying the log"
-        );
-        for table in self.projection.tables() {
-            tx.execute(&format!("DELETE FROM {table}"), &[]).await?;
-        }
-        tx.execute(
-            "UPDATE projection_checkpoints SET version = $2, position = 0, updated_at = $3 WHERE name = $1",
-            &[name.into(), i64::from(version).into(), Utc::now().into()],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(0)
+        let position = checkpoint.position;
+        Ok(match checkpoint.version.cmp(&version) {
+            std::cmp::Ordering::Equal => Loaded::Current { position },
+            std::cmp::Ordering::Less => Loaded::Older {
+                stored_version: checkpoint.version,
+                position,
+            },
+            std::cmp::Ordering::Greater => Loaded::Newer {
+                stored_version: checkpoint.version,
+                position,
+            },
+        })
     }
 }

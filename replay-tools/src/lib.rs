@@ -8,10 +8,13 @@
 //! - [`seatmap`]: a show's seat map as it was at a position or time (time travel).
 //! - [`verify`]: the rules of `EVENTS.md` checked over the whole log or one show.
 //! - [`export`]: orders, tickets (read models) or events (the log) as CSV.
+//! - [`reconcile`]: payments, holds and notifications left half done, found and (with
+//!   `--fix`) finished through the normal write path.
 
 pub mod export;
 pub mod point;
 pub mod progress;
+pub mod reconcile;
 pub mod replay;
 pub mod seatmap;
 pub mod summary;

@@ -36,6 +36,7 @@ use boxoffice_domain::seat::SeatEvent;
 use boxoffice_domain::show::{SectionLayout, ShowEvent};
 use boxoffice_domain::{DomainEvent, ReservationId, ShowId, ShowState, policy};
 use boxoffice_store::RecordedEvent;
+use boxoffice_store::chain::{self, ChainKey, ChainVerifier};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
@@ -51,6 +52,21 @@ pub struct VerifyConfig {
     pub grace: Duration,
     /// Stop after this many violations.
     pub violations_max: usize,
+    /// The key of the log's hash chain; without it the chain is not checked.
+    pub chain_key: Option<ChainKey>,
+    /// Partition heads recorded by an earlier verify (`--anchors`): each must still be
+    /// in the log with the same link, or the partition was truncated or rewritten.
+    pub anchors: HashMap<String, Anchor>,
+}
+
+/// A partition's newest event as one verify saw it: kept outside the database, it lets
+/// a later verify detect the removal of a partition's newest events, which a hash chain
+/// alone cannot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Anchor {
+    pub position: u64,
+    /// The event's link, hex.
+    pub link: String,
 }
 
 impl Default for VerifyConfig {
@@ -59,6 +75,8 @@ impl Default for VerifyConfig {
             now: Utc::now(),
             grace: Duration::seconds(5),
             violations_max: VIOLATIONS_MAX,
+            chain_key: None,
+            anchors: HashMap::new(),
         }
     }
 }
@@ -66,8 +84,9 @@ impl Default for VerifyConfig {
 /// One broken rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Violation {
-    /// `"1"` … `"7"` for the rules of EVENTS.md, `"decode"`, or `"replay"` (the domain's
-    /// own apply or invariants refused the log).
+    /// `"1"` … `"7"` for the rules of EVENTS.md, `"chain"` (the hash chain does not
+    /// hold: an event edited, removed or reordered), `"decode"`, or `"replay"` (the
+    /// domain's own apply or invariants refused the log).
     pub rule: &'static str,
     /// The offending event's position (the hold's placement for a missing expiry).
     pub position: u64,
@@ -84,6 +103,10 @@ pub struct Report {
     pub violations: Vec<Violation>,
     /// The scan stopped at `violations_max` before the end of the log.
     pub truncated: bool,
+    /// Events whose hash-chain link was checked (None: no key, the chain was not checked).
+    pub chain_checked: Option<u64>,
+    /// Each partition's newest event and link, for `--anchors`.
+    pub heads: std::collections::BTreeMap<String, Anchor>,
 }
 
 impl Report {
@@ -141,6 +164,8 @@ pub struct Verifier {
     events: u64,
     violations: Vec<Violation>,
     seen_positions: HashSet<u64>,
+    chain: Option<ChainVerifier>,
+    anchors_seen: HashSet<String>,
 }
 
 thread_local! {
@@ -181,6 +206,7 @@ pub fn apply_caught(state: &mut ShowState, event: &DomainEvent) -> Result<(), St
 impl Verifier {
     pub fn new(config: VerifyConfig) -> Self {
         assert!(config.violations_max > 0, "violations_max must be positive");
+        let chain = config.chain_key.clone().map(ChainVerifier::new);
         Self {
             config,
             last_position: 0,
@@ -191,6 +217,8 @@ impl Verifier {
             events: 0,
             violations: Vec::new(),
             seen_positions: HashSet::new(),
+            chain,
+            anchors_seen: HashSet::new(),
         }
     }
 
@@ -214,6 +242,28 @@ impl Verifier {
     /// Checks one event; events must come in the order the store returns them.
     pub fn feed(&mut self, e: &RecordedEvent) {
         self.events += 1;
+        // First the chain: an event that is not what was appended is reported as such,
+        // before whatever rule its changed content may also break.
+        if let Some(chain) = &mut self.chain
+            && let Err(broken) = chain.check(e)
+        {
+            self.violation("chain", e.position, broken.to_string());
+        }
+        if let Some(anchor) = self.config.anchors.get(&e.partition_key)
+            && anchor.position == e.position
+        {
+            self.anchors_seen.insert(e.partition_key.clone());
+            if e.chain.as_ref().map(chain::to_hex).as_deref() != Some(anchor.link.as_str()) {
+                self.violation(
+                    "chain",
+                    e.position,
+                    format!(
+                        "event at position {} of {} is not the one recorded in the anchors",
+                        e.position, e.partition_key
+                    ),
+                );
+            }
+        }
         // Rule 6: strictly increasing positions.
         if e.position <= self.last_position {
             self.violation(
@@ -359,8 +409,47 @@ impl Verifier {
         for (rule, position, message) in found {
             self.violation(rule, position, message);
         }
+        if !truncated {
+            let mut lost: Vec<_> = self
+                .config
+                .anchors
+                .iter()
+                .filter(|(partition, _)| !self.anchors_seen.contains(*partition))
+                .map(|(partition, anchor)| (anchor.position, partition.clone()))
+                .collect();
+            lost.sort();
+            for (position, partition) in lost {
+                self.violation(
+                    "chain",
+                    position,
+                    format!(
+                        "event at position {position} of {partition}, recorded in the anchors, is gone: the partition was truncated"
+                    ),
+                );
+            }
+        }
         self.violations.sort_by_key(|v| v.position);
+        let heads = self
+            .chain
+            .as_ref()
+            .map(|chain| {
+                chain
+                    .heads()
+                    .map(|(partition, position, link)| {
+                        (
+                            partition.to_owned(),
+                            Anchor {
+                                position,
+                                link: chain::to_hex(link),
+                            },
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Report {
+            chain_checked: self.chain.as_ref().map(ChainVerifier::checked),
+            heads,
             events: self.events,
             shows: self.shows.len(),
             streams: self.versions.len(),
@@ -783,9 +872,12 @@ const PAGES_IN_FLIGHT_MAX: usize = 2;
 pub async fn run(
     store: std::sync::Arc<dyn boxoffice_store::EventStore>,
     show: Option<String>,
-    config: VerifyConfig,
+    mut config: VerifyConfig,
     json: bool,
 ) -> anyhow::Result<Report> {
+    if let Some(show) = &show {
+        config.anchors.retain(|partition, _| partition == show);
+    }
     let head = store.head_position().await?;
     let bar = crate::progress::bar(Some(head), json, "verifying");
     let (pages_tx, mut pages_rx) =
@@ -837,4 +929,75 @@ pub async fn run(
         read?;
     }
     Ok(report)
+}
+
+/// Compares every projection's read model with a replay of the log up to its checkpoint
+/// (`compare_with_replay`): one `"projection"` violation per projection that drifted, at
+/// its checkpoint, naming the tables and how many rows differ. Projections whose tables
+/// hold another version than this code's, or that never ran, are listed as skipped.
+pub async fn check_projections(
+    store: std::sync::Arc<dyn boxoffice_store::EventStore>,
+    pool: &boxoffice_store::tables::TablePool,
+    json: bool,
+) -> anyhow::Result<(Vec<Violation>, Vec<String>)> {
+    let projections = boxoffice_projections::all_projections(&Default::default());
+    let bar = crate::progress::bar(
+        Some(projections.len() as u64),
+        json,
+        "comparing projections with a replay",
+    );
+    let (mut violations, mut skipped) = (Vec::new(), Vec::new());
+    for projection in projections {
+        let compared = boxoffice_projections::compare_with_replay(
+            std::sync::Arc::clone(&store),
+            pool,
+            projection.as_ref(),
+            boxoffice_projections::runtime::BATCH_EVENTS_MAX,
+        )
+        .await;
+        bar.inc(1);
+        let report = match compared {
+            Ok(report) => report,
+            // A log that cannot be replayed up to the read model's checkpoint (events
+            // removed, an event the projection refuses) is a finding, not a tool failure.
+            Err(e) => {
+                let checkpoint =
+                    boxoffice_projections::load_checkpoint(pool, projection.name()).await?;
+                violations.push(Violation {
+                    rule: "projection",
+                    position: checkpoint.map_or(0, |c| c.position),
+                    message: format!(
+                        "projection {} cannot be compared with a replay: {e}",
+                        projection.name()
+                    ),
+                });
+                continue;
+            }
+        };
+        if let Some(why) = report.skipped {
+            skipped.push(format!("{}: {why}", report.name));
+        } else if report.drifted() {
+            let tables: Vec<String> = report
+                .tables
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{} ({} live rows not in the replay, {} replayed rows missing)",
+                        t.table, t.live_only, t.replay_only
+                    )
+                })
+                .collect();
+            violations.push(Violation {
+                rule: "projection",
+                position: report.position,
+                message: format!(
+                    "projection {} differs from a replay of the log up to its checkpoint: {}",
+                    report.name,
+                    tables.join(", ")
+                ),
+            });
+        }
+    }
+    bar.finish_and_clear();
+    Ok((violations, skipped))
 }

@@ -17,6 +17,7 @@ use boxoffice_domain::{
     Clock, Command, EntryId, ManualClock, Minor, OrderId, PaymentId, RandomIds, ReservationId,
     ShowId, TicketId, UserId,
 };
+use boxoffice_store::chain::ChainKey;
 use boxoffice_store::{AppendBatch, EventMetadata, EventStore, NewEvent, StreamAppend};
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
@@ -302,10 +303,22 @@ async fn scenario(store: &Arc<dyn EventStore>) -> Scenario {
     }
 }
 
+/// The hash-chain key file this test's stores append with and boxctl verifies with.
+fn key_file() -> &'static std::path::Path {
+    static FILE: std::sync::LazyLock<std::path::PathBuf> = std::sync::LazyLock::new(|| {
+        let path =
+            std::env::temp_dir().join(format!("boxctl-chain-{}.key", Uuid::new_v4().simple()));
+        ChainKey::load_or_create(&path).unwrap();
+        path
+    });
+    &FILE
+}
+
 fn boxctl(url: &str, args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_boxctl"))
         .args(args)
         .env("DATABASE_URL", url)
+        .env("EVENT_CHAIN_KEY_FILE", key_file())
         .output()
         .expect("boxctl runs")
 }
@@ -336,7 +349,8 @@ async fn boxctl_replays_travels_verifies_and_exports_a_real_log() {
     for backend in backends().await {
         let url = backend.url.as_str();
         let name = backend.name;
-        let store = boxoffice_store::connect(url).await.unwrap();
+        let key = ChainKey::load(key_file()).unwrap();
+        let store = boxoffice_store::connect(url, Some(key)).await.unwrap();
         let s = scenario(&store).await;
         let show = s.show.to_string();
         let now = s.now.to_rfc3339();
@@ -467,8 +481,33 @@ async fn boxctl_replays_travels_verifies_and_exports_a_real_log() {
         assert!(text.contains("R0  SSAAAHAAAA"), "{name}: {text}");
 
         // verify: clean at the scenario's time, on the whole log and on the show.
-        let clean = ok(boxctl(url, &["verify", "--now", &now]), name);
+        let anchors =
+            std::env::temp_dir().join(format!("boxctl-anchors-{}.json", Uuid::new_v4().simple()));
+        let anchors_arg = anchors.to_str().unwrap();
+        let clean = ok(
+            boxctl(url, &["verify", "--now", &now, "--anchors", anchors_arg]),
+            name,
+        );
         assert!(clean.contains("clean"), "{name}: {clean}");
+        assert!(
+            clean.contains(&format!("hash chain checked over {} events", log.len())),
+            "{name}: {clean}"
+        );
+        let recorded: Value = serde_json::from_slice(&std::fs::read(&anchors).unwrap()).unwrap();
+        let anchored_head = recorded[&show]["position"].as_u64().unwrap();
+        assert_eq!(
+            anchored_head,
+            log.last().unwrap().position,
+            "{name}: {recorded}"
+        );
+        // Without the key, verify refuses unless told to skip the chain.
+        let keyless = std::process::Command::new(env!("CARGO_BIN_EXE_boxctl"))
+            .args(["verify", "--now", &now])
+            .env("DATABASE_URL", url)
+            .env_remove("EVENT_CHAIN_KEY_FILE")
+            .output()
+            .unwrap();
+        assert_eq!(keyless.status.code(), Some(2), "{name}");
         let report: Value = serde_json::from_str(&ok(
             boxctl(url, &["--json", "verify", "--show", &show, "--now", &now]),
             name,
@@ -545,6 +584,46 @@ async fn boxctl_replays_travels_verifies_and_exports_a_real_log() {
         assert!(!tickets.contains("code"), "ticket codes are secrets");
         let exported = ok(boxctl(url, &["export", "--what", "events"]), name);
         assert_eq!(exported.lines().count(), 1 + log.len(), "{name}");
+
+        // verify replays every projection up to its checkpoint and compares it with the
+        // live tables: clean now; a stray UPDATE of one order drifts the orders read model,
+        // named with its checkpoint; `boxctl rebuild orders` puts it right.
+        let checkpoint = read_side.handles()[0].position();
+        let clean = ok(boxctl(url, &["verify", "--now", &now]), name);
+        assert!(!clean.contains("rule projection"), "{name}: {clean}");
+        raw_sql(
+            url,
+            &format!(
+                "UPDATE orders SET total_minor = total_minor + 1 WHERE reservation_id = '{}'",
+                s.paid
+            ),
+        )
+        .await;
+        let drifted = boxctl(url, &["verify", "--now", &now]);
+        assert_eq!(
+            drifted.status.code(),
+            Some(1),
+            "{name}: {}{}",
+            stdout(&drifted),
+            String::from_utf8_lossy(&drifted.stderr)
+        );
+        let text = stdout(&drifted);
+        assert!(
+            text.contains(&format!(
+                "rule projection at position {checkpoint}: projection orders differs from a replay of the log up to its checkpoint: orders (1 live rows not in the replay, 1 replayed rows missing)"
+            )),
+            "{name}: {text}"
+        );
+        let rebuilt = ok(boxctl(url, &["--json", "rebuild", "orders"]), name);
+        let rebuilt: Value = serde_json::from_str(rebuilt.trim()).unwrap();
+        assert_eq!(rebuilt["projection"], json!("orders"), "{name}");
+        assert_eq!(
+            rebuilt["position"],
+            json!(log.last().unwrap().position),
+            "{name}"
+        );
+        let clean = ok(boxctl(url, &["verify", "--now", &now]), name);
+        assert!(!clean.contains("rule projection"), "{name}: {clean}");
         read_side.shutdown().await;
 
         // A second SeatHeld for the held seat by another reservation, with correct
@@ -573,7 +652,79 @@ async fn boxctl_replays_travels_verifies_and_exports_a_real_log() {
         let one_show = boxctl(url, &["verify", "--show", &show, "--now", &now]);
         assert_eq!(one_show.status.code(), Some(1), "{name}");
         assert!(stdout(&one_show).contains(&format!("rule 1 at position {bad}")));
+
+        // Tampering by someone with write access to the tables but not the key: one
+        // event's actor is rewritten, and the partition's newest events (the anchored
+        // head among them) are removed. The chain names the edited event; the anchors name
+        // the truncation, which leaves a valid but shorter chain.
+        let edited = log
+            .iter()
+            .find(|e| e.stream_id == stream && e.event_type == "ReservationPlaced")
+            .unwrap()
+            .position;
+        tamper(url, edited, anchored_head).await;
+        let tampered = boxctl(url, &["verify", "--now", &now, "--anchors", anchors_arg]);
+        assert_eq!(tampered.status.code(), Some(1), "{name}");
+        let text = stdout(&tampered);
+        assert!(
+            text.contains(&format!(
+                "rule chain at position {edited}: event at position {edited} of {show} does not chain"
+            )),
+            "{name}: {text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "rule chain at position {anchored_head}: event at position {anchored_head} of {show}, recorded in the anchors, is gone"
+            )),
+            "{name}: {text}"
+        );
+        // The failed run leaves the anchors as they were.
+        let kept: Value = serde_json::from_slice(&std::fs::read(&anchors).unwrap()).unwrap();
+        assert_eq!(kept, recorded, "{name}");
+        std::fs::remove_file(&anchors).ok();
         println!("{name}: ok ({} events)", log.len());
+    }
+}
+
+/// Runs SQL straight against the database, as an analyst with write access could.
+async fn raw_sql(url: &str, sql: &str) {
+    if url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+        conn.close().await.ok();
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+        conn.close().await.ok();
+    }
+}
+
+/// Rewrites the actor of the event at `edited` and deletes every event from `from` on,
+/// turning the immutability triggers off first, as a database superuser could.
+async fn tamper(url: &str, edited: u64, from: u64) {
+    if url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(&format!(
+            "ALTER TABLE events DISABLE TRIGGER USER;
+             UPDATE events SET metadata = jsonb_set(metadata, '{{actor}}', '\"usr_mallory\"') WHERE position = {edited};
+             DELETE FROM events WHERE position >= {from};
+             ALTER TABLE events ENABLE TRIGGER USER;"
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.ok();
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(&format!(
+            "DROP TRIGGER events_reject_update; DROP TRIGGER events_reject_delete;
+             UPDATE events SET metadata = json_set(metadata, '$.actor', 'usr_mallory') WHERE position = {edited};
+             DELETE FROM events WHERE position >= {from};"
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.ok();
     }
 }
 

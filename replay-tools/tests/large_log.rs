@@ -66,7 +66,9 @@ async fn write_a_large_log() {
     let target: u64 = std::env::var("BOXCTL_LARGE_LOG_EVENTS")
         .map(|v| v.parse().unwrap())
         .unwrap_or(200_000);
-    let store = boxoffice_store::connect(&url).await.unwrap();
+    let store = boxoffice_store::connect(&url, Some(boxoffice_store::chain::ChainKey::generate()))
+        .await
+        .unwrap();
     let clock = Arc::new(ManualClock::new(Utc::now()));
     let engine = Engine::new(
         Arc::clone(&store),

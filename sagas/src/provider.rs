@@ -3,8 +3,9 @@
 //!
 //! Errors are split by what the caller may do next: a [`ProviderError::Transport`]
 //! error means the outcome is unknown (the request may or may not have taken effect), so
-//! the caller retries with the same idempotency key or asks with [`ProviderClient::retrieve`];
-//! a [`ProviderError::Rejected`] error is the provider's final answer to that request.
+//! the caller retries with the same idempotency key or asks, with
+//! [`ProviderClient::retrieve`] or [`ProviderClient::list_refunds`]; a
+//! [`ProviderError::Rejected`] error is the provider's final answer to that request.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,6 +23,10 @@ pub const RESPONSE_BYTES_MAX: usize = 1024 * 1024;
 
 /// The error code of a 404 for an object that does not exist.
 pub const RESOURCE_MISSING: &str = "resource_missing";
+
+/// The status of a refund whose money went back (the only one the simulator uses;
+/// Stripe also has `pending`, `requires_action`, `failed` and `canceled`).
+pub const REFUND_SUCCEEDED: &str = "succeeded";
 
 /// The webhook event type of an intent that settled successfully.
 pub const EVENT_SUCCEEDED: &str = "payment_intent.succeeded";
@@ -133,8 +138,29 @@ pub struct Refund {
     pub payment_intent: String,
     /// Minor units.
     pub amount: i64,
-    /// `"succeeded"`
+    /// [`REFUND_SUCCEEDED`], or another of Stripe's refund statuses.
     pub status: String,
+}
+
+/// A page of a list, Stripe style: `{"object": "list", "data": [...], "has_more": false}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct List<T> {
+    /// Always `"list"`.
+    pub object: String,
+    pub data: Vec<T>,
+    /// More items follow this page.
+    pub has_more: bool,
+}
+
+impl<T> List<T> {
+    /// A complete list of `data`.
+    pub fn complete(data: Vec<T>) -> Self {
+        List {
+            object: "list".to_owned(),
+            data,
+            has_more: false,
+        }
+    }
 }
 
 /// The body the provider POSTs to the webhook endpoint.
@@ -293,6 +319,27 @@ impl ProviderClient {
             .header("Idempotency-Key", idempotency_key)
             .json(&body);
         self.send(request).await
+    }
+
+    /// Every refund of the intent, in any status, oldest first: a read, which changes
+    /// nothing at the provider. An intent the provider does not know is
+    /// [`ProviderError::NotFound`].
+    pub async fn list_refunds(&self, intent_id: &str) -> Result<Vec<Refund>, ProviderError> {
+        if !is_plain_id(intent_id) {
+            return Err(ProviderError::NotFound);
+        }
+        let request = self
+            .http
+            .get(format!("{}/v1/refunds", self.base_url))
+            .query(&[("payment_intent", intent_id)]);
+        let list: List<Refund> = self.send(request).await?;
+        if list.has_more {
+            // Pages are not followed: a partial list must not pass for the whole one.
+            return Err(ProviderError::Transport(format!(
+                "the provider paginated the refunds of {intent_id}, which this client does not follow"
+            )));
+        }
+        Ok(list.data)
     }
 
     async fn send<T: serde::de::DeserializeOwned>(
@@ -464,6 +511,22 @@ mod tests {
         assert!(!is_plain_id(&"a".repeat(INTENT_ID_BYTES_MAX + 1)));
     }
 
+    #[test]
+    fn a_list_reads_stripes_shape() {
+        let json = r#"{"object":"list","data":[{"id":"re_1","payment_intent":"pi_1",
+            "amount":5,"status":"succeeded"}],"has_more":false,"url":"/v1/refunds"}"#;
+        let list: List<Refund> = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            list,
+            List::complete(vec![Refund {
+                id: "re_1".into(),
+                payment_intent: "pi_1".into(),
+                amount: 5,
+                status: REFUND_SUCCEEDED.into(),
+            }])
+        );
+    }
+
     #[tokio::test]
     async fn an_unreachable_provider_is_a_transport_error() {
         // Port 9 on loopback (discard) is closed on any sane test machine, so the
@@ -475,5 +538,13 @@ mod tests {
             Err(ProviderError::Transport(_))
         ));
         assert_eq!(client.retrieve("../x").await, Err(ProviderError::NotFound));
+        assert!(matches!(
+            client.list_refunds("pi_1").await,
+            Err(ProviderError::Transport(_))
+        ));
+        assert_eq!(
+            client.list_refunds("pi_1&x=y").await,
+            Err(ProviderError::NotFound)
+        );
     }
 }

@@ -16,6 +16,9 @@
 //!   Seats are never released before the payment is known not to have been captured.
 //! - **captured**: `TicketsIssued` with fresh, unguessable ticket codes and an order.
 //!
+//! The decisions themselves live in [`PaymentSettler`], which `boxctl reconcile --fix`
+//! also uses to settle a payment left in flight, so the two cannot disagree.
+//!
 //! Durability comes from the log: a run keeps nothing that the log does not have, so
 //! after a crash at any point [`PaymentSaga::start`] finds every reservation with a
 //! payment in flight (from the engine's state, loaded from the log) and drives it on. The
@@ -47,6 +50,9 @@ pub const ACTOR: &str = "system:payment-saga";
 const FOLLOW_BATCH: usize = 1_000;
 /// Bytes of randomness in a ticket code (160 bits).
 const TICKET_CODE_BYTES: usize = 20;
+/// First and longest pause between [`PaymentSettler::settle_now`]'s passes after a failure.
+const SETTLE_NOW_PAUSE_MIN: Duration = Duration::from_millis(100);
+const SETTLE_NOW_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct SagaConfig {
@@ -86,8 +92,9 @@ struct Run {
     done: watch::Receiver<bool>,
 }
 
-/// How one pass over a payment ended.
-enum Step {
+/// How one pass over a payment ([`PaymentSettler::advance`]) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
     /// Something changed: look at the reservation again at once.
     Again,
     /// Nothing to do until a webhook or this much time.
@@ -100,7 +107,7 @@ enum Step {
 
 pub struct PaymentSaga {
     engine: Arc<Engine>,
-    provider: ProviderClient,
+    settler: PaymentSettler,
     config: SagaConfig,
     runs: Mutex<HashMap<ReservationId, Run>>,
     stop: watch::Sender<bool>,
@@ -109,9 +116,10 @@ pub struct PaymentSaga {
 
 impl PaymentSaga {
     pub fn new(engine: Arc<Engine>, provider: ProviderClient, config: SagaConfig) -> Arc<Self> {
+        let settler = PaymentSettler::new(Arc::clone(&engine), provider, ACTOR, config.poll_max);
         Arc::new(Self {
             engine,
-            provider,
+            settler,
             config,
             runs: Mutex::new(HashMap::new()),
             stop: watch::channel(false).0,
@@ -335,10 +343,11 @@ impl PaymentSaga {
                 .await;
             let step = match current {
                 Ok((Some(r), cancelled)) => match (&r.status, r.payment.clone()) {
-                    (ReservationStatus::PaymentPending, Some(payment)) => match payment.status {
-                        PaymentStatus::Captured => self.issue(show, &r, &payment).await,
-                        _ => self.settle(show, &r, &payment, &mut intent_id).await,
-                    },
+                    (ReservationStatus::PaymentPending, Some(payment)) => {
+                        self.settler
+                            .advance(show, &r, &payment, &mut intent_id)
+                            .await
+                    }
                     (ReservationStatus::Confirmed, _) if cancelled => {
                         self.refund_logged(show, reservation, "system:show-cancelled")
                             .await;
@@ -381,6 +390,183 @@ impl PaymentSaga {
                 Step::Stop => return,
             }
         }
+    }
+
+    /// Refunds a paid reservation at the provider, then appends `RefundIssued` (its
+    /// seats go back on sale, to the waitlist first); see [`PaymentSettler::refund`].
+    pub async fn refund(
+        &self,
+        show: ShowId,
+        reservation: ReservationId,
+        actor: &str,
+    ) -> Result<Reservation, RefundError> {
+        self.settler.refund(show, reservation, actor).await
+    }
+
+    async fn refund_logged(&self, show: ShowId, reservation: ReservationId, actor: &str) {
+        let mut wait = self.config.poll_initial;
+        loop {
+            match self.refund(show, reservation, actor).await {
+                Ok(_) | Err(RefundError::NotPaid) => return,
+                Err(RefundError::ProviderRefused { code, message }) => {
+                    tracing::error!(%reservation, %code, %message, "refund refused; left for reconciliation");
+                    return;
+                }
+                Err(RefundError::Engine(
+                    EngineError::ShuttingDown | EngineError::ShowStopped(_),
+                )) => {
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(%reservation, error = %e, "refund failed; retrying");
+                    if self.pause(wait).await {
+                        return;
+                    }
+                    wait = (wait * 2).min(self.config.retry_max);
+                }
+            }
+        }
+    }
+
+    /// Refunds every paid order of a cancelled show (payments still in flight are
+    /// refunded by their own run once their tickets are issued).
+    fn spawn_show_refunds(self: &Arc<Self>, show: ShowId) {
+        let saga = Arc::clone(self);
+        tokio::spawn(async move {
+            let paid = saga
+                .engine
+                .query(show, |state| {
+                    state
+                        .reservations
+                        .values()
+                        .filter(|r| r.status == ReservationStatus::Confirmed)
+                        .map(|r| r.reservation_id)
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+            for reservation in paid {
+                saga.refund_logged(show, reservation, "system:show-cancelled")
+                    .await;
+            }
+        });
+    }
+}
+
+/// What [`PaymentSettler::settle_now`] left behind.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    /// The reservation after the last pass (`None` if it does not exist).
+    pub reservation: Option<Reservation>,
+    /// How the last pass ended: [`Step::Stop`] once the payment left `payment_pending`
+    /// (or cannot go on), [`Step::Wait`] while the provider has not decided,
+    /// [`Step::Retry`] when the passes ran out on failures.
+    pub last: Step,
+}
+
+/// The saga's decisions about one payment, shared by the saga's runs and by tools that
+/// settle a payment on request (`boxctl reconcile --fix`), so both act on what the
+/// provider says in exactly the same way: capture what succeeded and issue its tickets,
+/// fail what was declined, void at the deadline and release only on a confirmed void,
+/// refund with the order as the provider's idempotency key.
+#[derive(Clone)]
+pub struct PaymentSettler {
+    engine: Arc<Engine>,
+    provider: ProviderClient,
+    /// The actor recorded on the events this settler's commands append.
+    actor: String,
+    /// How long to wait before looking again at a payment whose cancellation the
+    /// provider has not confirmed.
+    poll_max: Duration,
+}
+
+impl PaymentSettler {
+    pub fn new(
+        engine: Arc<Engine>,
+        provider: ProviderClient,
+        actor: impl Into<String>,
+        poll_max: Duration,
+    ) -> Self {
+        Self {
+            engine,
+            provider,
+            actor: actor.into(),
+            poll_max,
+        }
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn provider(&self) -> &ProviderClient {
+        &self.provider
+    }
+
+    /// One pass over a payment in flight (`r` is in `payment_pending` with `payment`):
+    /// a captured payment gets its tickets; any other is looked up at the provider (and
+    /// created there under the payment id as idempotency key when `intent_id` is not
+    /// known yet, which finds the same intent again after a crash) and what the provider
+    /// says is appended. `intent_id` carries the provider's id from pass to pass.
+    pub async fn advance(
+        &self,
+        show: ShowId,
+        r: &Reservation,
+        payment: &Payment,
+        intent_id: &mut Option<String>,
+    ) -> Step {
+        match payment.status {
+            PaymentStatus::Captured => self.issue(show, r, payment).await,
+            _ => self.settle(show, r, payment, intent_id).await,
+        }
+    }
+
+    /// Drives `reservation`'s payment as far as it goes now, without waiting for the
+    /// provider: passes of [`PaymentSettler::advance`] until the reservation leaves
+    /// `payment_pending` (or was not in it), the provider has not decided yet, or
+    /// `passes_max` passes were made. A failing provider or store is retried after a
+    /// short pause within the same bound. For tools that settle one payment on request;
+    /// the saga's runs call `advance` and wait between passes themselves.
+    pub async fn settle_now(
+        &self,
+        show: ShowId,
+        reservation: ReservationId,
+        passes_max: u32,
+    ) -> Result<Settled, EngineError> {
+        let mut intent_id = None;
+        let mut pause = SETTLE_NOW_PAUSE_MIN;
+        let mut last = Step::Retry;
+        for _ in 0..passes_max {
+            let current = self
+                .engine
+                .query(show, move |state| state.reservation(reservation).cloned())
+                .await?;
+            let Some(r) = current else {
+                last = Step::Stop;
+                break;
+            };
+            let payment = match (&r.status, r.payment.clone()) {
+                (ReservationStatus::PaymentPending, Some(payment)) => payment,
+                _ => {
+                    last = Step::Stop;
+                    break;
+                }
+            };
+            last = self.advance(show, &r, &payment, &mut intent_id).await;
+            match last {
+                Step::Again => {}
+                Step::Retry => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(SETTLE_NOW_PAUSE_MAX);
+                }
+                Step::Wait(_) | Step::Stop => break,
+            }
+        }
+        let reservation = self
+            .engine
+            .query(show, move |state| state.reservation(reservation).cloned())
+            .await?;
+        Ok(Settled { reservation, last })
     }
 
     fn create_request(show: ShowId, r: &Reservation, payment: &Payment) -> CreateIntent {
@@ -488,7 +674,7 @@ impl PaymentSaga {
                 // cancellation may release the seats.
                 match self.provider.cancel(&intent.id).await {
                     Ok(after) if after.status == IntentStatus::Processing => {
-                        Step::Wait(self.config.poll_max)
+                        Step::Wait(self.poll_max)
                     }
                     Ok(after) => Box::pin(self.act_on(show, r, payment, after)).await,
                     Err(ProviderError::Rejected {
@@ -498,7 +684,7 @@ impl PaymentSaga {
                     }) => {
                         tracing::info!(%reservation, %code, status = ?after.status, "provider refused to cancel");
                         if after.status == IntentStatus::Processing {
-                            Step::Wait(self.config.poll_max)
+                            Step::Wait(self.poll_max)
                         } else {
                             Box::pin(self.act_on(show, r, payment, *after)).await
                         }
@@ -599,7 +785,7 @@ impl PaymentSaga {
             // Every event of one payment carries the payment as its correlation.
             correlation_id: payment.payment_id.uuid(),
             causation_id: None,
-            actor: ACTOR.to_owned(),
+            actor: self.actor.clone(),
         };
         match self.engine.execute(show, command, meta).await {
             Ok(_) => Step::Again,
@@ -717,55 +903,6 @@ impl PaymentSaga {
             }
             Err(e) => Err(e.into()),
         }
-    }
-
-    async fn refund_logged(&self, show: ShowId, reservation: ReservationId, actor: &str) {
-        let mut wait = self.config.poll_initial;
-        loop {
-            match self.refund(show, reservation, actor).await {
-                Ok(_) | Err(RefundError::NotPaid) => return,
-                Err(RefundError::ProviderRefused { code, message }) => {
-                    tracing::error!(%reservation, %code, %message, "refund refused; left for reconciliation");
-                    return;
-                }
-                Err(RefundError::Engine(
-                    EngineError::ShuttingDown | EngineError::ShowStopped(_),
-                )) => {
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(%reservation, error = %e, "refund failed; retrying");
-                    if self.pause(wait).await {
-                        return;
-                    }
-                    wait = (wait * 2).min(self.config.retry_max);
-                }
-            }
-        }
-    }
-
-    /// Refunds every paid order of a cancelled show (payments still in flight are
-    /// refunded by their own run once their tickets are issued).
-    fn spawn_show_refunds(self: &Arc<Self>, show: ShowId) {
-        let saga = Arc::clone(self);
-        tokio::spawn(async move {
-            let paid = saga
-                .engine
-                .query(show, |state| {
-                    state
-                        .reservations
-                        .values()
-                        .filter(|r| r.status == ReservationStatus::Confirmed)
-                        .map(|r| r.reservation_id)
-                        .collect::<Vec<_>>()
-                })
-                .await
-                .unwrap_or_default();
-            for reservation in paid {
-                saga.refund_logged(show, reservation, "system:show-cancelled")
-                    .await;
-            }
-        });
     }
 }
 

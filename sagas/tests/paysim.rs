@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use boxoffice_sagas::paysim::{self, Paysim, PaysimConfig};
 use boxoffice_sagas::provider::{
     CreateIntent, EVENT_CANCELED, EVENT_PAYMENT_FAILED, EVENT_SUCCEEDED, Intent, IntentStatus,
-    ProviderClient, ProviderError, WebhookEvent,
+    ProviderClient, ProviderError, REFUND_SUCCEEDED, WebhookEvent,
 };
 use boxoffice_sagas::signature::{self, SIGNATURE_HEADER, SignatureError};
 
@@ -628,6 +628,94 @@ async fn refunds_need_a_captured_intent_and_happen_once() {
 }
 
 #[tokio::test]
+async fn list_refunds_reads_one_intents_refunds() {
+    let env = Env::start(20, |_| {}).await;
+    let paid = env.create("tok_visa").await;
+    let other = env.create("tok_visa").await;
+    let declined = env.create("tok_declined").await;
+    for intent in [&paid, &other, &declined] {
+        wait_settled(&env.client, &intent.id).await;
+    }
+    for intent in [&paid, &other, &declined] {
+        assert_eq!(
+            env.client.list_refunds(&intent.id).await.unwrap(),
+            [],
+            "{}",
+            intent.id
+        );
+    }
+
+    let refund = env
+        .client
+        .refund(&paid.id, Some(300), "refund-paid")
+        .await
+        .unwrap();
+    assert_eq!(refund.status, REFUND_SUCCEEDED);
+    assert_eq!(
+        env.client.list_refunds(&paid.id).await.unwrap(),
+        vec![refund.clone()]
+    );
+    // Only that intent's refunds, and listing changes nothing.
+    assert_eq!(env.client.list_refunds(&other.id).await.unwrap(), []);
+    assert_eq!(env.client.list_refunds(&declined.id).await.unwrap(), []);
+    let other_refund = env
+        .client
+        .refund(&other.id, None, "refund-other")
+        .await
+        .unwrap();
+    assert_eq!(
+        env.client.list_refunds(&other.id).await.unwrap(),
+        [other_refund]
+    );
+    assert_eq!(
+        env.client.list_refunds(&paid.id).await.unwrap(),
+        vec![refund.clone()]
+    );
+
+    // Unknown intents are 404 resource_missing, like retrieve; odd ids are not sent.
+    assert_eq!(
+        env.client.list_refunds("pi_nope").await,
+        Err(ProviderError::NotFound)
+    );
+    assert_eq!(
+        env.client.list_refunds("pi_x&payment_intent=y").await,
+        Err(ProviderError::NotFound)
+    );
+
+    // The wire shape is Stripe's list; the intent is required.
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/refunds", env.paysim.url());
+    let response = http
+        .get(&url)
+        .query(&[("payment_intent", paid.id.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "object": "list",
+            "data": [{
+                "id": refund.id,
+                "payment_intent": paid.id,
+                "amount": 300,
+                "status": "succeeded",
+            }],
+            "has_more": false,
+        })
+    );
+    for query in ["", "?payment_intent=", "?limit=3"] {
+        let response = http.get(format!("{url}{query}")).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{query}");
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "parameter_missing", "{query}");
+    }
+    env.paysim.shutdown().await;
+}
+
+#[tokio::test]
 async fn failed_deliveries_are_retried_with_fresh_signatures() {
     let env = Env::start(20, |_| {}).await;
     env.receiver.fail_next(2);
@@ -743,6 +831,10 @@ async fn an_api_error_rate_of_one_answers_every_call_with_500_yet_some_take_effe
         env.client.retrieve("pi_whatever").await,
         Err(ProviderError::Transport(_))
     ));
+    assert!(matches!(
+        env.client.list_refunds("pi_whatever").await,
+        Err(ProviderError::Transport(_))
+    ));
     // Half the failures happen after the work (a lost response), so some intents exist
     // and settle. All 30 failing before the work has a probability of 2^-30.
     wait_until("a webhook from a lost response", || {
@@ -768,12 +860,18 @@ async fn a_configured_api_key_is_required() {
     ] {
         assert_rejected(client.retrieve(&intent.id).await, 401, "invalid_api_key");
         assert_rejected(
+            client.list_refunds(&intent.id).await,
+            401,
+            "invalid_api_key",
+        );
+        assert_rejected(
             client.create_intent(&request("tok_visa", 100), "k").await,
             401,
             "invalid_api_key",
         );
     }
     assert_eq!(env.client.retrieve(&intent.id).await.unwrap().id, intent.id);
+    assert_eq!(env.client.list_refunds(&intent.id).await.unwrap(), []);
     env.paysim.shutdown().await;
 }
 

@@ -69,7 +69,8 @@ async fn main() -> anyhow::Result<()> {
 /// Appends `batches` batches from `writers` concurrent tasks, each writer on its own seats
 /// so that no append conflicts, and prints events/s and per-append latency.
 async fn run(backend: &str, url: &str, batches: usize, writers: usize) -> anyhow::Result<()> {
-    let store = boxoffice_store::connect(url).await?;
+    let store =
+        boxoffice_store::connect(url, Some(boxoffice_store::chain::ChainKey::generate())).await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for writer in 0..writers {

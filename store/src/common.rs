@@ -6,6 +6,7 @@ use std::collections::HashSet;
 
 use tokio::sync::watch;
 
+use crate::chain::{ChainKey, Content, Link};
 use crate::{
     APPEND_EVENTS_MAX, AppendBatch, EventMetadata, READ_LIMIT_MAX, StoreError, StoreResult,
 };
@@ -94,6 +95,54 @@ pub(crate) fn planned_events(batch: &AppendBatch) -> impl Iterator<Item = Planne
             event: &pending.event,
         }
     })
+}
+
+/// The chain key of a store that appends, or the error of one opened to read only.
+pub(crate) fn require_key(key: &Option<ChainKey>) -> StoreResult<&ChainKey> {
+    key.as_ref().ok_or_else(|| {
+        StoreError::Config("this store was opened without a chain key and can only read".to_owned())
+    })
+}
+
+/// The content digest of every event of a validated batch, in append order; computed
+/// before the append lock, so that under it only the short keyed links remain to do.
+pub(crate) fn content_digests(batch: &AppendBatch, planned: &[PlannedEvent<'_>]) -> Vec<[u8; 32]> {
+    planned
+        .iter()
+        .map(|p| {
+            Content::of_new(
+                &batch.partition_key,
+                p.stream_id,
+                p.version as u64,
+                p.event,
+                batch.recorded_at,
+            )
+            .digest()
+        })
+        .collect()
+}
+
+/// The links of a batch's events, continuing the partition's chain from `previous`.
+pub(crate) fn chain_links(key: &ChainKey, previous: Link, digests: &[[u8; 32]]) -> Vec<Link> {
+    let mut link = previous;
+    digests
+        .iter()
+        .map(|digest| {
+            link = key.link(&link, digest);
+            link
+        })
+        .collect()
+}
+
+/// A stored link: 32 bytes, or absent.
+pub(crate) fn decode_link(position: u64, raw: Option<Vec<u8>>) -> StoreResult<Option<Link>> {
+    raw.map(|bytes| {
+        Link::try_from(bytes.as_slice()).map_err(|_| StoreError::Corrupt {
+            position,
+            reason: format!("hash-chain link of {} bytes", bytes.len()),
+        })
+    })
+    .transpose()
 }
 
 /// The expected version of every stream as the BIGINT the database compares against.

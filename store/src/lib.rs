@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub mod chain;
 mod common;
 pub mod idempotency;
 pub mod postgres;
@@ -138,6 +139,9 @@ pub struct RecordedEvent {
     pub payload: serde_json::Value,
     pub metadata: EventMetadata,
     pub recorded_at: DateTime<Utc>,
+    /// The event's link in its partition's hash chain ([`chain`]); `None` only for events
+    /// written before the chain existed, or stripped by someone tampering with the log.
+    pub chain: Option<chain::Link>,
 }
 
 /// Why a store operation failed.
@@ -218,14 +222,21 @@ pub trait EventStore: Send + Sync + 'static {
 
 /// Opens the store named by a URL: `postgres://…` or `sqlite://path` (the file is
 /// created if missing). Runs the migrations of that backend.
-pub async fn connect(url: &str) -> StoreResult<std::sync::Arc<dyn EventStore>> {
+///
+/// Appends link every event into its partition's hash chain with `chain_key`; a store
+/// opened without a key reads but refuses to append ([`StoreError::Config`]), so a tool
+/// that only reads never needs the secret.
+pub async fn connect(
+    url: &str,
+    chain_key: Option<chain::ChainKey>,
+) -> StoreResult<std::sync::Arc<dyn EventStore>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(std::sync::Arc::new(
-            postgres::PgEventStore::connect(url).await?,
+            postgres::PgEventStore::connect(url, chain_key).await?,
         ))
     } else if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(
-            sqlite::SqliteEventStore::connect(url).await?,
+            sqlite::SqliteEventStore::connect(url, chain_key).await?,
         ))
     } else {
         Err(StoreError::Config(format!(

@@ -19,10 +19,11 @@ use sqlx::{Connection, Row};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::chain::{CHAIN_BYTES, ChainKey, GENESIS, Link};
 use crate::common::{
-    advance_head, assert_contiguous, checkpoint_position, decode_metadata, decode_position,
-    decode_stored_position, decode_version, expected_version_i64, planned_events, read_limit,
-    saturating_i64, validate,
+    advance_head, assert_contiguous, chain_links, checkpoint_position, content_digests,
+    decode_link, decode_metadata, decode_position, decode_stored_position, decode_version,
+    expected_version_i64, planned_events, read_limit, require_key, saturating_i64, validate,
 };
 use crate::{AppendBatch, AppendResult, EventStore, RecordedEvent, StoreError, StoreResult};
 
@@ -81,23 +82,26 @@ WHERE NOT CASE
 ORDER BY s.ord
 LIMIT 1";
 
-/// The check made before the insert, over the streams the writer believes exist
-/// (expected version E > 0): the row at E must exist, or the stream is behind what the
-/// writer believes. Everything else a stale expected version can mean (a row at E + 1, or
-/// any row for a stream expected to be new) makes the insert itself fail on
-/// `events_stream_version_key`, which is mapped to the same conflict. One index probe per
-/// existing stream, none for new ones.
-const BEHIND_STREAM_SQL: &str = "\
-SELECT s.stream_id
-FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS s(stream_id, expected, ord)
-WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = s.stream_id AND e.version = s.expected)
-ORDER BY s.ord
-LIMIT 1";
+/// The one statement run under the lock before the insert. `behind`: the check over the
+/// streams the writer believes exist (expected version E > 0): the row at E must exist, or
+/// the stream is behind what the writer believes. Everything else a stale expected version
+/// can mean (a row at E + 1, or any row for a stream expected to be new) makes the insert
+/// itself fail on `events_stream_version_key`, which is mapped to the same conflict. One
+/// index probe per existing stream, none for new ones. `chain`: the partition's newest
+/// link, which this batch's chain continues (one backward probe of the partition index).
+const PREPARE_SQL: &str = "\
+SELECT
+  (SELECT s.stream_id
+   FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS s(stream_id, expected, ord)
+   WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = s.stream_id AND e.version = s.expected)
+   ORDER BY s.ord
+   LIMIT 1) AS behind,
+  (SELECT e.chain FROM events e WHERE e.partition_key = $3 ORDER BY e.position DESC LIMIT 1) AS chain";
 
 /// The batch goes in with COPY (text format), in the given order: measured about twice
 /// as fast as an INSERT … SELECT FROM unnest for the engine's batches. Positions come from
 /// the bigserial's default, taken row by row while this transaction holds the append lock.
-const COPY_SQL: &str = "COPY events (partition_key, stream_id, version, event_type, schema_version, payload, metadata, recorded_at) FROM STDIN";
+const COPY_SQL: &str = "COPY events (partition_key, stream_id, version, event_type, schema_version, payload, metadata, recorded_at, chain) FROM STDIN";
 
 /// After the COPY: the position range the rows got (the sequence's current value is the
 /// last; the lock makes the range contiguous), what the caller asserts before committing,
@@ -116,7 +120,7 @@ FROM range";
 
 const SELECT_EVENT_COLUMNS: &str = "\
 SELECT position, partition_key, stream_id, version, event_type, schema_version, payload,
-       metadata::text AS metadata, recorded_at
+       metadata::text AS metadata, recorded_at, chain
 FROM events";
 
 const HEAD_SQL: &str = "SELECT coalesce(max(position), 0) FROM events";
@@ -124,6 +128,7 @@ const HEAD_SQL: &str = "SELECT coalesce(max(position), 0) FROM events";
 /// The PostgreSQL event store. Dropping it stops its notification listener.
 pub struct PgEventStore {
     pool: PgPool,
+    chain_key: Option<ChainKey>,
     head: Arc<watch::Sender<u64>>,
     listener: JoinHandle<()>,
 }
@@ -136,7 +141,7 @@ impl Drop for PgEventStore {
 
 impl PgEventStore {
     /// Connects, runs the migrations, and starts following other processes' appends.
-    pub async fn connect(url: &str) -> StoreResult<Self> {
+    pub async fn connect(url: &str, chain_key: Option<ChainKey>) -> StoreResult<Self> {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))?;
@@ -153,10 +158,14 @@ impl PgEventStore {
             .connect_with(options.clone())
             .await
             .map_err(unavailable)?;
-        MIGRATOR.run(&pool).await.map_err(|e| match e {
-            sqlx::migrate::MigrateError::Execute(e) if is_connection_error(&e) => unavailable(e),
-            e => StoreError::Config(format!("PostgreSQL migration failed: {e}")),
-        })?;
+        if !migrations_applied(&pool).await? {
+            MIGRATOR.run(&pool).await.map_err(|e| match e {
+                sqlx::migrate::MigrateError::Execute(e) if is_connection_error(&e) => {
+                    unavailable(e)
+                }
+                e => StoreError::Config(format!("PostgreSQL migration failed: {e}")),
+            })?;
+        }
 
         // The listener gets a pool of its own with one connection, so that it never takes
         // a connection from appends and reads, and so that PgListener can reconnect through
@@ -176,6 +185,7 @@ impl PgEventStore {
         ));
         Ok(Self {
             pool,
+            chain_key,
             head,
             listener,
         })
@@ -184,6 +194,7 @@ impl PgEventStore {
     async fn append_locked(&self, batch: &AppendBatch) -> StoreResult<AppendResult> {
         let mut stream_ids = Vec::with_capacity(batch.streams.len());
         let mut expected = Vec::with_capacity(batch.streams.len());
+        let key = require_key(&self.chain_key)?;
         let mut existing_ids = Vec::new();
         let mut existing_expected = Vec::new();
         for stream in &batch.streams {
@@ -202,13 +213,14 @@ impl PgEventStore {
             planned[event_count - 1].version,
         );
         // Everything is encoded here, before the lock: serializing thousands of payloads
-        // must not hold up other writers.
-        let copy_data = copy_rows(&batch.partition_key, batch.recorded_at, &planned);
-        let check = (!existing_ids.is_empty()).then(|| {
-            sqlx::query_scalar::<_, String>(BEHIND_STREAM_SQL)
-                .bind(&existing_ids)
-                .bind(&existing_expected)
-        });
+        // must not hold up other writers. Only the links, which need the partition's
+        // newest link, are made under it.
+        let rows = copy_rows(&batch.partition_key, batch.recorded_at, &planned);
+        let digests = content_digests(batch, &planned);
+        let prepare = sqlx::query(PREPARE_SQL)
+            .bind(&existing_ids)
+            .bind(&existing_expected)
+            .bind(&batch.partition_key);
 
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
         let lock_requested = Instant::now();
@@ -218,12 +230,19 @@ impl PgEventStore {
             .map_err(unavailable)?;
         let lock_acquired = Instant::now();
 
-        if let Some(check) = check
-            && let Some(stream_id) = check.fetch_optional(&mut *tx).await.map_err(unavailable)?
+        let prepared = prepare.fetch_one(&mut *tx).await.map_err(unavailable)?;
+        if let Some(stream_id) = prepared
+            .try_get::<Option<String>, _>("behind")
+            .map_err(unavailable)?
         {
             rollback_quietly(tx).await;
             return Err(StoreError::Conflict { stream_id });
         }
+        let previous = prepared
+            .try_get::<Option<Vec<u8>>, _>("chain")
+            .map_err(unavailable)?;
+        let previous = decode_link(0, previous)?.unwrap_or(GENESIS);
+        let copy_data = rows.with_links(&chain_links(key, previous, &digests));
 
         let copied = async {
             let mut copy = tx.copy_in_raw(COPY_SQL).await?;
@@ -319,14 +338,16 @@ impl PgEventStore {
 
 /// The batch as COPY text-format rows, one per event in append order: tab-separated
 /// columns, each escaped so that a backslash, tab, newline or carriage return inside a
-/// value (JSON escapes contain backslashes) reads back as itself.
+/// value (JSON escapes contain backslashes) reads back as itself. The last column, the
+/// hash-chain link, is added by [`CopyRows::with_links`] once the lock is held.
 fn copy_rows(
     partition_key: &str,
     recorded_at: DateTime<Utc>,
     planned: &[crate::common::PlannedEvent<'_>],
-) -> Vec<u8> {
+) -> CopyRows {
     let recorded_at = recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let mut out = Vec::with_capacity(planned.len() * 512);
+    let mut ends = Vec::with_capacity(planned.len());
     let mut json = Vec::with_capacity(512);
     for p in planned {
         copy_field(&mut out, partition_key.as_bytes());
@@ -348,9 +369,35 @@ fn copy_rows(
         copy_field(&mut out, &json);
         out.push(b'\t');
         out.extend_from_slice(recorded_at.as_bytes());
-        out.push(b'\n');
+        ends.push(out.len());
     }
-    out
+    CopyRows { data: out, ends }
+}
+
+/// COPY rows without their last column: the bytes, and where each row ends.
+struct CopyRows {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl CopyRows {
+    /// The rows, each completed with its link as a bytea (`\\x` and hex).
+    fn with_links(&self, links: &[Link]) -> Vec<u8> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = Vec::with_capacity(self.data.len() + links.len() * (5 + 2 * CHAIN_BYTES));
+        let mut start = 0;
+        for (&end, link) in self.ends.iter().zip(links) {
+            out.extend_from_slice(&self.data[start..end]);
+            out.extend_from_slice(b"\t\\\\x");
+            for byte in link {
+                out.push(HEX[usize::from(byte >> 4)]);
+                out.push(HEX[usize::from(byte & 0xf)]);
+            }
+            out.push(b'\n');
+            start = end;
+        }
+        out
+    }
 }
 
 /// One value in COPY's text format.
@@ -499,6 +546,29 @@ impl EventStore for PgEventStore {
     }
 }
 
+/// Whether every migration of this build is already applied, with the checksum this
+/// build has. Then the store does not run the migrator, which needs CREATE on the schema
+/// even when there is nothing to do: an application role with only the privileges of the
+/// README ("Locking down the event table") can open the store once an admin has migrated.
+async fn migrations_applied(pool: &PgPool) -> StoreResult<bool> {
+    let applied: Vec<(i64, Vec<u8>)> =
+        match sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+        {
+            Ok(rows) => rows,
+            // No migrations table yet (or not readable): let the migrator say what is wrong.
+            Err(sqlx::Error::Database(_)) => return Ok(false),
+            Err(e) => return Err(unavailable(e)),
+        };
+    let applied: std::collections::HashMap<i64, Vec<u8>> = applied.into_iter().collect();
+    Ok(MIGRATOR.iter().all(|m| {
+        applied
+            .get(&m.version)
+            .is_some_and(|checksum| *checksum == *m.checksum)
+    }))
+}
+
 /// Runs one store operation under the client-side bound.
 async fn bounded<T>(operation: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
     tokio::time::timeout(Duration::from_millis(OPERATION_TIMEOUT_MS), operation)
@@ -622,6 +692,10 @@ fn decode_event(row: &PgRow) -> StoreResult<RecordedEvent> {
         payload: row.try_get("payload").map_err(|e| corrupt(position, e))?,
         metadata,
         recorded_at,
+        chain: decode_link(
+            position,
+            row.try_get("chain").map_err(|e| corrupt(position, e))?,
+        )?,
     })
 }
 

@@ -27,10 +27,11 @@ use sqlx::{ConnectOptions, Row};
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use tokio::task::JoinHandle;
 
+use crate::chain::{ChainKey, GENESIS};
 use crate::common::{
-    advance_head, assert_contiguous, checkpoint_position, decode_metadata, decode_position,
-    decode_stored_position, decode_version, expected_version_i64, planned_events, read_limit,
-    saturating_i64, validate,
+    advance_head, assert_contiguous, chain_links, checkpoint_position, content_digests,
+    decode_link, decode_metadata, decode_position, decode_stored_position, decode_version,
+    expected_version_i64, planned_events, read_limit, require_key, saturating_i64, validate,
 };
 use crate::{
     AppendBatch, AppendResult, EventMetadata, EventStore, RecordedEvent, StoreError, StoreResult,
@@ -84,12 +85,18 @@ ORDER BY s.key
 LIMIT 1";
 
 /// Inserts the whole batch, in array order, from one JSON array of [`JsonEvent`]. `->`
-/// keeps payload and metadata as JSON text; `->>` unwraps the scalars.
+/// keeps payload and metadata as JSON text; `->>` unwraps the scalars. `?4` holds the
+/// events' hash-chain links, 32 bytes each in the same order.
 const INSERT_SQL: &str = "\
-INSERT INTO events (partition_key, stream_id, version, event_type, schema_version, payload, metadata, recorded_at)
-SELECT ?2, e.value ->> 's', e.value ->> 'v', e.value ->> 't', e.value ->> 'sv', e.value -> 'p', e.value -> 'm', ?3
+INSERT INTO events (partition_key, stream_id, version, event_type, schema_version, payload, metadata, recorded_at, chain)
+SELECT ?2, e.value ->> 's', e.value ->> 'v', e.value ->> 't', e.value ->> 'sv', e.value -> 'p', e.value -> 'm', ?3,
+       substr(?4, e.key * 32 + 1, 32)
 FROM json_each(?1) AS e
 ORDER BY e.key";
+
+/// The partition's newest link, which the batch's chain continues.
+const LAST_LINK_SQL: &str =
+    "SELECT chain FROM events WHERE partition_key = ?1 ORDER BY position DESC LIMIT 1";
 
 /// What the writer asserts after its insert, before committing: the rows in the computed
 /// position range, and the first and last of them belonging to the first and last event of
@@ -103,7 +110,7 @@ SELECT (SELECT count(*) FROM events WHERE position >= ?1),
        (SELECT version FROM events WHERE position = ?2)";
 
 const SELECT_EVENT_COLUMNS: &str = "\
-SELECT position, partition_key, stream_id, version, event_type, schema_version, payload, metadata, recorded_at
+SELECT position, partition_key, stream_id, version, event_type, schema_version, payload, metadata, recorded_at, chain
 FROM events";
 
 const HEAD_SQL: &str = "SELECT coalesce(max(position), 0) FROM events";
@@ -132,6 +139,7 @@ struct Writer {
 /// The SQLite event store. Dropping it stops its checkpoint task.
 pub struct SqliteEventStore {
     writer: Arc<Mutex<Writer>>,
+    chain_key: Option<ChainKey>,
     readers: SqlitePool,
     head: Arc<watch::Sender<u64>>,
     checkpointer: Option<JoinHandle<()>>,
@@ -149,7 +157,7 @@ impl SqliteEventStore {
     /// Opens (creating if missing) the database named by a `sqlite://path` URL, runs the
     /// migrations, and starts the checkpoint task. `sqlite::memory:` opens a private
     /// in-memory database shared by this store's connections.
-    pub async fn connect(url: &str) -> StoreResult<Self> {
+    pub async fn connect(url: &str, chain_key: Option<ChainKey>) -> StoreResult<Self> {
         let base = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Config(format!("invalid SQLite URL: {e}")))?
             .create_if_missing(true)
@@ -211,6 +219,7 @@ impl SqliteEventStore {
                 conn: writer,
                 in_transaction: false,
             })),
+            chain_key,
             readers,
             head,
             checkpointer,
@@ -236,6 +245,7 @@ impl EventStore for SqliteEventStore {
         validate(&batch)?;
         // Serialized before taking the writer, so that building the JSON of one batch
         // overlaps with the previous batch's commit instead of extending it.
+        let key = require_key(&self.chain_key)?.clone();
         let encoded = EncodedBatch::new(&batch)?;
         let writer = Arc::clone(&self.writer).lock_owned().await;
         // The append runs in a task of its own so that a caller giving up (a dropped
@@ -243,7 +253,7 @@ impl EventStore for SqliteEventStore {
         // It also advances the head itself, so readers wake even if the caller is gone.
         let head = Arc::clone(&self.head);
         let task = tokio::spawn(async move {
-            let result = append_on_writer(writer, batch, encoded).await?;
+            let result = append_on_writer(writer, batch, encoded, key).await?;
             advance_head(&head, result.last_position);
             Ok(result)
         });
@@ -384,6 +394,8 @@ struct EncodedBatch {
     existing_streams: Option<String>,
     /// `[JsonEvent, …]` in append order for the insert.
     events: String,
+    /// Each event's content digest, for its hash-chain link.
+    digests: Vec<[u8; 32]>,
     event_count: usize,
 }
 
@@ -399,7 +411,10 @@ impl EncodedBatch {
                 )
             })
             .collect();
-        let events: Vec<JsonEvent<'_>> = planned_events(batch)
+        let planned: Vec<_> = planned_events(batch).collect();
+        let digests = content_digests(batch, &planned);
+        let events: Vec<JsonEvent<'_>> = planned
+            .iter()
             .map(|p| JsonEvent {
                 s: p.stream_id,
                 v: p.version,
@@ -421,6 +436,7 @@ impl EncodedBatch {
             },
             streams: serde_json::to_string(&streams).map_err(encode_error)?,
             events: serde_json::to_string(&events).map_err(encode_error)?,
+            digests,
             event_count: events.len(),
         })
     }
@@ -432,6 +448,7 @@ async fn append_on_writer(
     mut writer: OwnedMutexGuard<Writer>,
     batch: AppendBatch,
     encoded: EncodedBatch,
+    key: ChainKey,
 ) -> StoreResult<AppendResult> {
     let writer = &mut *writer;
     rollback_abandoned(writer).await;
@@ -442,7 +459,7 @@ async fn append_on_writer(
         .execute(&mut writer.conn)
         .await
         .map_err(unavailable)?;
-    match insert_batch(&mut writer.conn, &batch, &encoded).await {
+    match insert_batch(&mut writer.conn, &batch, &encoded, &key).await {
         Ok(result) => {
             if let Err(e) = sqlx::query("COMMIT").execute(&mut writer.conn).await {
                 rollback_abandoned(writer).await;
@@ -463,6 +480,7 @@ async fn insert_batch(
     conn: &mut SqliteConnection,
     batch: &AppendBatch,
     encoded: &EncodedBatch,
+    key: &ChainKey,
 ) -> StoreResult<AppendResult> {
     if let Some(existing) = &encoded.existing_streams {
         let behind: Option<String> = sqlx::query_scalar(BEHIND_STREAM_SQL)
@@ -475,10 +493,18 @@ async fn insert_batch(
         }
     }
 
+    let previous: Option<Option<Vec<u8>>> = sqlx::query_scalar(LAST_LINK_SQL)
+        .bind(&batch.partition_key)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    let previous = decode_link(0, previous.flatten())?.unwrap_or(GENESIS);
+    let links = chain_links(key, previous, &encoded.digests).concat();
     let inserted = sqlx::query(INSERT_SQL)
         .bind(&encoded.events)
         .bind(&batch.partition_key)
         .bind(format_timestamp(batch.recorded_at))
+        .bind(links)
         .execute(&mut *conn)
         .await;
     let inserted = match inserted {
@@ -628,6 +654,10 @@ fn decode_event(row: &SqliteRow) -> StoreResult<RecordedEvent> {
         payload,
         metadata,
         recorded_at,
+        chain: decode_link(
+            position,
+            row.try_get("chain").map_err(|e| corrupt(position, e))?,
+        )?,
     })
 }
 

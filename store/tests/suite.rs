@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use boxoffice_store::chain::{ChainBreakReason, ChainKey, ChainVerifier};
 use boxoffice_store::{
     APPEND_EVENTS_MAX, AppendBatch, AppendResult, EventMetadata, EventStore, NewEvent,
     RecordedEvent, StoreError, StreamAppend,
@@ -71,7 +72,7 @@ impl TestDb {
     }
 
     async fn open(&self) -> Arc<dyn EventStore> {
-        boxoffice_store::connect(self.url())
+        boxoffice_store::connect(self.url(), Some(key().clone()))
             .await
             .expect("open store")
     }
@@ -193,6 +194,8 @@ both_backends!(
     two_writers_same_stream_exactly_one_wins,
     corrupt_rows_are_reported,
     events_are_immutable,
+    hash_chain_links_every_partition_across_instances,
+    tampering_is_caught_and_named_by_position,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -985,12 +988,164 @@ async fn events_are_immutable(store: Arc<dyn EventStore>, db: &TestDb) {
     assert_eq!(all_events(&store).await[0].event_type, "SeatHeld");
 }
 
+/// The key every store of this test binary chains with.
+fn key() -> &'static ChainKey {
+    static KEY: std::sync::LazyLock<ChainKey> = std::sync::LazyLock::new(ChainKey::generate);
+    &KEY
+}
+
+/// Every break the verifier finds in the whole log, by position.
+async fn chain_breaks(store: &Arc<dyn EventStore>) -> Vec<(u64, ChainBreakReason)> {
+    let mut verifier = ChainVerifier::new(key().clone());
+    all_events(store)
+        .await
+        .iter()
+        .filter_map(|e| verifier.check(e).err())
+        .map(|b| (b.position, b.reason))
+        .collect()
+}
+
+/// Interleaved appends to two partitions, some by a second store instance, with JSON
+/// whose key order and characters the backends store their own way: every event carries
+/// a link, and the whole log verifies.
+async fn hash_chain_links_every_partition_across_instances(
+    store: Arc<dyn EventStore>,
+    db: &TestDb,
+) {
+    let other = db.open().await;
+    let odd = json!({"zeta": 1, "alpha": {"b": "ü\"\\", "a": [3, 2, 1]}, "n": null, "big": 9_007_199_254_740_993_u64});
+    for round in 0..6u64 {
+        let writer = if round % 2 == 0 { &store } else { &other };
+        for partition in ["show-a", "show-b"] {
+            writer
+                .append(batch(
+                    partition,
+                    vec![
+                        stream(
+                            &format!("{partition}-x"),
+                            round,
+                            vec![new_event("SeatHeld", odd.clone())],
+                        ),
+                        stream(&format!("{partition}-{round}"), 0, events(2)),
+                    ],
+                ))
+                .await
+                .expect("append");
+        }
+    }
+    let all = all_events(&store).await;
+    assert_eq!(all.len(), 36);
+    assert!(
+        all.iter().all(|e| e.chain.is_some()),
+        "an event without a link"
+    );
+    assert_eq!(chain_breaks(&store).await, vec![]);
+    // A different key does not verify a single event.
+    let mut stranger = ChainVerifier::new(ChainKey::generate());
+    assert!(all.iter().all(|e| stranger.check(e).is_err()));
+    // A store opened without the key reads, but cannot append.
+    let reader = boxoffice_store::connect(db.url(), None)
+        .await
+        .expect("open to read");
+    assert_eq!(reader.read_all(0, 100).await.unwrap().len(), 36);
+    assert!(matches!(
+        reader
+            .append(batch("show-a", vec![stream("show-a-y", 0, events(1))]))
+            .await,
+        Err(StoreError::Config(_))
+    ));
+}
+
+/// Someone with write access to the database but not the key edits one event, removes
+/// one and swaps two: each is reported at the first position whose link no longer holds.
+async fn tampering_is_caught_and_named_by_position(store: Arc<dyn EventStore>, db: &TestDb) {
+    for partition in ["show-edit", "show-remove", "show-swap"] {
+        for i in 0..4u64 {
+            store
+                .append(batch(
+                    partition,
+                    vec![stream(&format!("{partition}-{i}"), 0, events(1))],
+                ))
+                .await
+                .expect("append");
+        }
+    }
+    let all = all_events(&store).await;
+    let position_of = |partition: &str, i: usize| {
+        all.iter()
+            .filter(|e| e.partition_key == partition)
+            .nth(i)
+            .expect("event")
+            .position
+    };
+    let (edited, removed, after_removed) = (
+        position_of("show-edit", 1),
+        position_of("show-remove", 1),
+        position_of("show-remove", 2),
+    );
+    let (swap_a, swap_b) = (position_of("show-swap", 1), position_of("show-swap", 2));
+    // The immutability triggers stop the application's role; the tamperer turns them off.
+    let (off, on) = match store.backend() {
+        "postgres" => (
+            "ALTER TABLE events DISABLE TRIGGER USER;",
+            "ALTER TABLE events ENABLE TRIGGER USER;",
+        ),
+        _ => (
+            "DROP TRIGGER events_reject_update; DROP TRIGGER events_reject_delete;",
+            "",
+        ),
+    };
+    // What a reader would see as the two events in the opposite order; stream and version
+    // stay, so the swap passes the schema's own uniqueness.
+    let swap_columns = ["payload", "metadata"]
+        .iter()
+        .map(|c| {
+            format!(
+                "UPDATE events SET {c} = (SELECT {c} FROM events WHERE position = {swap_b}) WHERE position = {swap_a};
+                 UPDATE events SET {c} = (SELECT {c} FROM events WHERE position = {swap_a} + 1000000) WHERE position = {swap_b};"
+            )
+        })
+        .collect::<String>();
+    // Swapping in place needs the first row's old values: park them in a copy first.
+    let park = format!(
+        "INSERT INTO events (position, partition_key, stream_id, version, event_type, schema_version, payload, metadata, recorded_at)
+         SELECT position + 1000000, 'parked', stream_id || '-parked', version, event_type, schema_version, payload, metadata, recorded_at
+         FROM events WHERE position = {swap_a};"
+    );
+    let edit = match store.backend() {
+        "postgres" => format!(
+            "UPDATE events SET payload = jsonb_set(payload, '{{n}}', '7') WHERE position = {edited};"
+        ),
+        _ => format!(
+            "UPDATE events SET payload = json_set(payload, '$.n', 7) WHERE position = {edited};"
+        ),
+    };
+    db.execute_raw(&format!(
+        "{off} {edit} DELETE FROM events WHERE position = {removed}; {park} {swap_columns} \
+         DELETE FROM events WHERE partition_key = 'parked'; {on}"
+    ))
+    .await
+    .expect("tamper");
+
+    let breaks = chain_breaks(&store).await;
+    assert_eq!(
+        breaks,
+        vec![
+            (edited, ChainBreakReason::Mismatch),
+            (after_removed, ChainBreakReason::Mismatch),
+            (swap_a, ChainBreakReason::Mismatch),
+            (swap_b, ChainBreakReason::Mismatch),
+        ],
+        "edited {edited}, removed {removed}, swapped {swap_a} and {swap_b}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Backend-specific cases
 
 #[tokio::test]
 async fn sqlite_in_memory_round_trip() {
-    let store = boxoffice_store::connect("sqlite::memory:")
+    let store = boxoffice_store::connect("sqlite::memory:", Some(key().clone()))
         .await
         .expect("open in-memory store");
     let result = append_one(&store, "a", 0, 3).await;
@@ -1103,7 +1258,7 @@ async fn sqlite_wal_is_checkpointed_in_background() {
 async fn postgres_down_is_unavailable_quickly() {
     // Nothing listens on port 1.
     let started = Instant::now();
-    match boxoffice_store::connect("postgres://postgres@127.0.0.1:1/test").await {
+    match boxoffice_store::connect("postgres://postgres@127.0.0.1:1/test", None).await {
         Err(StoreError::Unavailable(_)) => {}
         Err(other) => panic!("expected Unavailable, got {other:?}"),
         Ok(_) => panic!("connected to nothing"),
@@ -1118,7 +1273,7 @@ async fn postgres_down_is_unavailable_quickly() {
 #[tokio::test]
 async fn unknown_scheme_is_a_config_error() {
     assert!(matches!(
-        boxoffice_store::connect("mysql://localhost/x").await,
+        boxoffice_store::connect("mysql://localhost/x", None).await,
         Err(StoreError::Config(_))
     ));
 }
@@ -1134,4 +1289,79 @@ fn database_name_is_replaced_in_urls() {
         "postgres://h/x?sslmode=disable"
     );
     assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+}
+
+/// The README's lockdown of the event table on PostgreSQL: a role with only INSERT and
+/// SELECT on `events` appends and reads through the store, and is refused UPDATE, DELETE
+/// and TRUNCATE by privilege, before any trigger is reached.
+#[tokio::test]
+async fn postgres_app_role_needs_only_insert_and_select_on_events() {
+    let Some(db) = TestDb::postgres().await else {
+        println!("skipped: DATABASE_URL not set");
+        return;
+    };
+    let TestDb::Postgres { url, name, .. } = &db else {
+        unreachable!()
+    };
+    // The owner migrates first (`boxoffice migrate`).
+    drop(db.open().await);
+    let role = format!("boxoffice_app_{}", &name["boxoffice_test_".len()..]);
+    db.execute_raw(&format!(
+        "CREATE ROLE {role} LOGIN;
+         GRANT CONNECT ON DATABASE {name} TO {role};
+         GRANT USAGE ON SCHEMA public TO {role};
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};
+         REVOKE UPDATE, DELETE, TRUNCATE ON events FROM {role};
+         GRANT USAGE ON SEQUENCE events_position_seq TO {role};"
+    ))
+    .await
+    .expect("create the application role");
+    let scheme_end = url.find("://").unwrap() + 3;
+    let host_start = url.find('@').unwrap();
+    let app_url = format!("{}{role}{}", &url[..scheme_end], &url[host_start..]);
+
+    let outcome = catch_failure(async {
+        let store = boxoffice_store::connect(&app_url, Some(key().clone()))
+            .await
+            .expect("the application role opens the store");
+        append_one(&store, "a", 0, 2).await;
+        append_one(&store, "a", 2, 1).await;
+        assert_eq!(all_events(&store).await.len(), 3);
+        assert_eq!(chain_breaks(&store).await, vec![]);
+        store
+            .save_checkpoint("c", 3)
+            .await
+            .expect("checkpoints stay writable");
+        let mut conn = sqlx::PgConnection::connect(&app_url).await.unwrap();
+        for sql in [
+            "UPDATE events SET event_type = 'Changed'",
+            "DELETE FROM events",
+            "TRUNCATE events",
+            "ALTER TABLE events DISABLE TRIGGER USER",
+        ] {
+            let error = conn.execute(sql).await.expect_err(sql);
+            let code = error
+                .as_database_error()
+                .and_then(|e| e.code())
+                .map(|c| c.into_owned());
+            // 42501 insufficient_privilege (ALTER TABLE: must be owner, also 42501).
+            assert_eq!(code.as_deref(), Some("42501"), "{sql}: {error}");
+        }
+        conn.close().await.ok();
+        drop(store);
+    })
+    .await;
+    // Even the owner's TRUNCATE meets a trigger.
+    let truncate = db.execute_raw("TRUNCATE events").await;
+    let admin_url = std::env::var("DATABASE_URL").unwrap();
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    db.cleanup().await;
+    admin
+        .execute(format!("DROP ROLE IF EXISTS {role}").as_str())
+        .await
+        .expect("drop the role");
+    admin.close().await.ok();
+    outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    let error = truncate.expect_err("TRUNCATE refused");
+    assert!(error.to_string().contains("immutable"), "{error}");
 }

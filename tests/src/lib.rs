@@ -12,6 +12,7 @@ use boxoffice_domain::show::{
     Limits, PriceTier, RowDef, SectionDef, SectionLayout, ShowDefinition, Venue,
 };
 use boxoffice_domain::{Minor, ReservationId, ShowId, ShowState};
+use boxoffice_store::chain::{ChainKey, ChainVerifier};
 use boxoffice_store::{EventStore, RecordedEvent};
 use sqlx::Connection;
 
@@ -64,7 +65,33 @@ pub async fn fresh_postgres_url(base_url: &str) -> String {
 }
 
 pub async fn open(url: &str) -> Arc<dyn EventStore> {
-    boxoffice_store::connect(url).await.expect("open store")
+    boxoffice_store::connect(url, Some(chain_key().clone()))
+        .await
+        .expect("open store")
+}
+
+/// The file of this test process's hash-chain key: generated at random (no test depends
+/// on a key built into the code) and shared by every store and server the process opens,
+/// so they continue the same chains and `check_log` can verify them.
+pub fn chain_key_file() -> &'static std::path::Path {
+    static FILE: std::sync::LazyLock<std::path::PathBuf> = std::sync::LazyLock::new(|| {
+        let path = std::env::temp_dir().join(format!(
+            "boxoffice-test-chain-{}-{}.key",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        ChainKey::load_or_create(&path).expect("create the test chain key");
+        path
+    });
+    &FILE
+}
+
+/// The key in [`chain_key_file`].
+pub fn chain_key() -> &'static ChainKey {
+    static KEY: std::sync::LazyLock<ChainKey> = std::sync::LazyLock::new(|| {
+        ChainKey::load(chain_key_file()).expect("read the test chain key")
+    });
+    &KEY
 }
 
 /// A show of `rows × seats_per_row` seats in one seated section plus a GA floor.
@@ -166,7 +193,9 @@ pub fn check_log(show: ShowId, log: &[RecordedEvent]) -> Result<(LogReport, Show
     let mut placed: std::collections::HashSet<ReservationId> = std::collections::HashSet::new();
     let mut closed: std::collections::HashSet<ReservationId> = std::collections::HashSet::new();
     let mut events = Vec::with_capacity(log.len());
+    let mut chain = ChainVerifier::new(chain_key().clone());
     for r in log {
+        chain.check(r).map_err(|b| b.to_string())?;
         if r.position <= last_position {
             return Err(format!("position {} after {}", r.position, last_position));
         }
@@ -371,7 +400,12 @@ pub mod http {
         }
 
         /// Starts a server with a configuration of the test's own.
-        pub async fn start_with(config: Config) -> Server {
+        /// The server continues the test process's hash chains ([`super::chain_key`])
+        /// unless the configuration names a key file of its own.
+        pub async fn start_with(mut config: Config) -> Server {
+            config
+                .event_chain_key_file
+                .get_or_insert_with(|| super::chain_key_file().to_path_buf());
             let jwt_secret = config.jwt_secret.clone().expect("tests use a fixed secret");
             let app = Application::build(config.clone())
                 .await

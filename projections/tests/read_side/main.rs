@@ -7,3 +7,4 @@ mod notifications;
 mod orders;
 mod runtime;
 mod support;
+mod swap;

@@ -83,7 +83,10 @@ impl Env {
         dir: PathBuf,
         postgres: Option<(String, String)>,
     ) -> Self {
-        let store = boxoffice_store::connect(&url).await.expect("open store");
+        let store =
+            boxoffice_store::connect(&url, Some(boxoffice_store::chain::ChainKey::generate()))
+                .await
+                .expect("open store");
         let pool = TablePool::connect(&url).await.expect("open side tables");
         Env {
             backend,

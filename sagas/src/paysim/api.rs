@@ -1,22 +1,26 @@
-//! The simulator's HTTP API: create, retrieve and cancel payment intents, and refunds,
-//! with Stripe-style JSON errors, an optional API key and injected 500s.
+//! The simulator's HTTP API: create, retrieve and cancel payment intents, create and list
+//! refunds, with Stripe-style JSON errors, an optional API key and injected 500s.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::Shared;
 use super::behaviour::{self, Behaviour};
 use super::store::{CancelOutcome, CreateOutcome, RefundOutcome};
-use crate::provider::{CreateIntent, CreateRefund, ErrorBody, ErrorDetail, Intent, IntentStatus};
+use crate::provider::{
+    CreateIntent, CreateRefund, ErrorBody, ErrorDetail, Intent, IntentStatus, List, Refund,
+};
 
 /// Request bodies are a few hundred bytes; metadata limits keep them far below this.
 pub(crate) const BODY_BYTES_MAX: usize = 64 * 1024;
@@ -39,7 +43,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/payment_intents", post(create_intent))
         .route("/v1/payment_intents/{id}", get(retrieve_intent))
         .route("/v1/payment_intents/{id}/cancel", post(cancel_intent))
-        .route("/v1/refunds", post(create_refund))
+        .route("/v1/refunds", post(create_refund).get(list_refunds))
         // Faults sit inside the key check: a refused key never reaches the provider.
         .layer(middleware::from_fn_with_state(
             shared.clone(),
@@ -355,7 +359,7 @@ async fn create_refund(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<crate::provider::Refund>, ApiError> {
+) -> Result<Json<Refund>, ApiError> {
     let key = idempotency_key(&headers)?;
     let request: CreateRefund = parse_json(&body)?;
     if let Some(amount) = request.amount
@@ -404,5 +408,31 @@ async fn create_refund(
             "amount_too_large",
             format!("Refund amount is greater than the captured amount ({captured})."),
         )),
+    }
+}
+
+/// The query of `GET /v1/refunds`. Stripe also lists every refund when no intent is
+/// given, paginated; the simulator only lists one intent's, all on one page.
+#[derive(Debug, Deserialize)]
+struct ListRefunds {
+    payment_intent: Option<String>,
+}
+
+async fn list_refunds(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<ListRefunds>, QueryRejection>,
+) -> Result<Json<List<Refund>>, ApiError> {
+    let Query(query) = query.map_err(|e| {
+        ApiError::invalid("parameter_invalid", format!("Invalid query string: {e}"))
+    })?;
+    let Some(intent_id) = query.payment_intent.filter(|id| !id.is_empty()) else {
+        return Err(ApiError::invalid(
+            "parameter_missing",
+            "Missing required param: payment_intent.",
+        ));
+    };
+    match shared.store.refunds_of(&intent_id).await? {
+        Some(refunds) => Ok(Json(List::complete(refunds))),
+        None => Err(no_such_intent(&intent_id)),
     }
 }

@@ -1,10 +1,10 @@
 //! paysim: a stand-alone payment provider modelled on Stripe PaymentIntents, for
 //! development, tests and load runs.
 //!
-//! It owns a real HTTP server (create, retrieve, cancel, refund), its own SQLite file so
-//! it survives restarts like a real provider, a settlement worker that settles intents
-//! asynchronously by test token (see [`behaviour`]), and a webhook worker that delivers
-//! signed events with retries from an outbox. Faults are injected by configuration:
+//! It owns a real HTTP server (create, retrieve, cancel, refund, list refunds), its own
+//! SQLite file so it survives restarts like a real provider, a settlement worker that
+//! settles intents asynchronously by test token (see [`behaviour`]), and a webhook worker
+//! that delivers signed events with retries from an outbox. Faults are injected by configuration:
 //! latency and jitter, lost API responses, dropped webhook attempts.
 //!
 //! Run it stand-alone with [`run`], or in-process with [`start`] on a listener the

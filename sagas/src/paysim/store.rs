@@ -4,7 +4,8 @@
 //!
 //! Every change runs in one transaction on the single writer connection, so a cancel and
 //! a settlement of the same intent are serialized and exactly one of them wins. Reads
-//! that change nothing (retrieve, "what is due next") use a separate read-only pool.
+//! that change nothing (retrieve, list refunds, "what is due next") use a separate
+//! read-only pool.
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqliteConnection};
 
 use super::behaviour::{self, CancelDecision, PlannedEvent};
-use crate::provider::{Intent, IntentStatus, Refund, WebhookData, WebhookEvent};
+use crate::provider::{Intent, IntentStatus, REFUND_SUCCEEDED, Refund, WebhookData, WebhookEvent};
 
 /// Readers serve retrieve requests; a few suffice for a simulator.
 const READ_CONNECTIONS_MAX: u32 = 4;
@@ -359,7 +360,7 @@ impl Store {
             id: super::new_id("re"),
             payment_intent: intent_id.to_owned(),
             amount,
-            status: "succeeded".to_owned(),
+            status: REFUND_SUCCEEDED.to_owned(),
         };
         if let Some(key) = idempotency_key {
             insert_key(&mut tx, SCOPE_REFUNDS, key, fingerprint, &refund.id, now_ms).await?;
@@ -377,6 +378,31 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(RefundOutcome::Created(refund))
+    }
+
+    /// The refunds of intent `intent_id`, oldest first; `None` when there is no such
+    /// intent.
+    pub(crate) async fn refunds_of(&self, intent_id: &str) -> anyhow::Result<Option<Vec<Refund>>> {
+        let mut conn = self.reader.acquire().await?;
+        // Intents are never deleted, so one that exists here still exists below.
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM intents WHERE id = ?")
+            .bind(intent_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT id, payment_intent, amount, status FROM refunds
+             WHERE payment_intent = ? ORDER BY created, id",
+        )
+        .bind(intent_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(refund_from_row)
+            .collect::<anyhow::Result<_>>()
+            .map(Some)
     }
 
     /// Up to `limit` pending deliveries whose time has come, earliest first.
@@ -532,15 +558,16 @@ async fn load_refund(conn: &mut SqliteConnection, id: &str) -> anyhow::Result<Op
         .bind(id)
         .fetch_optional(conn)
         .await?;
-    row.map(|row| {
-        Ok(Refund {
-            id: row.try_get("id")?,
-            payment_intent: row.try_get("payment_intent")?,
-            amount: row.try_get("amount")?,
-            status: row.try_get("status")?,
-        })
+    row.as_ref().map(refund_from_row).transpose()
+}
+
+fn refund_from_row(row: &SqliteRow) -> anyhow::Result<Refund> {
+    Ok(Refund {
+        id: row.try_get("id")?,
+        payment_intent: row.try_get("payment_intent")?,
+        amount: row.try_get("amount")?,
+        status: row.try_get("status")?,
     })
-    .transpose()
 }
 
 /// Records one webhook event and queues its deliveries, inside the caller's transaction

@@ -1,0 +1,346 @@
+//! Shadow tables: an empty copy of a projection's tables that only one connection sees,
+//! for building a read model beside the one readers use, and the swap that moves the
+//! copy's rows into the real tables in one transaction.
+//!
+//! The copies are TEMP tables with the same names as the projection's tables, made on a
+//! [`Session`] (a connection of its own). A temporary table shadows a permanent one of the
+//! same name for unqualified names on its connection, on PostgreSQL (`pg_temp` is searched
+//! first) and on SQLite (the `temp` schema is searched before `main`), so a projection's
+//! unchanged `apply` writes into the copies there while every other connection keeps
+//! reading and writing the real tables. The copies keep the real tables' columns, primary
+//! keys, unique constraints, checks and indexes (the projections' `ON CONFLICT` upserts
+//! need them); PostgreSQL's `LIKE … INCLUDING ALL` leaves foreign keys out, SQLite's copy
+//! of the table's own DDL keeps them (they then point at the other copies). Triggers are
+//! not copied; the read-model tables have none.
+//!
+//! The swap empties each real table and refills it from its copy (`DELETE` then
+//! `INSERT … SELECT`, every name qualified), so the real tables are never replaced and the
+//! views over them keep working; readers see the old rows until the swap commits (MVCC on
+//! PostgreSQL, WAL on SQLite) and the new ones after. The copies vanish with the
+//! connection: a rebuild that is cancelled or crashes leaves nothing behind.
+
+use crate::db::{Backend, Session, Tx, placeholders};
+use crate::runtime::ProjectionError;
+
+use boxoffice_store::tables::TablePool;
+
+/// One table of a projection whose rows differ from a replay of the log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TableDrift {
+    pub table: &'static str,
+    /// Rows the live table has that the replay does not (changed rows count on both
+    /// sides).
+    pub live_only: u64,
+    /// Rows the replay has that the live table lacks.
+    pub replay_only: u64,
+}
+
+/// A projection's tables copied as TEMP tables on a session of their own.
+pub(crate) struct Shadow {
+    session: Session,
+    /// The projection's tables, children before parents.
+    tables: &'static [&'static str],
+    /// Each table's real name, qualified with its schema (`main` on SQLite).
+    homes: Vec<String>,
+}
+
+/// The schema that holds a connection's TEMP tables, as SQL can name it.
+fn temp_schema(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => "pg_temp",
+        Backend::Sqlite => "temp",
+    }
+}
+
+/// An identifier in double quotes, for a schema name read from the catalog.
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A table's or index's DDL, as SQLite keeps it in `sqlite_master`, rewritten to create the
+/// same object in the `temp` schema; `None` for anything else (a trigger, a view, DDL of an
+/// unexpected shape). SQLite stores the DDL with its first keywords normalized
+/// (`CREATE TABLE name …`, no `IF NOT EXISTS`), which is all this relies on.
+fn sqlite_temp_ddl(kind: &str, sql: &str) -> Option<String> {
+    fn strip_keyword<'a>(text: &'a str, keyword: &str) -> Option<&'a str> {
+        let text = text.trim_start();
+        let head = text.get(..keyword.len())?;
+        let rest = &text[keyword.len()..];
+        (head.eq_ignore_ascii_case(keyword) && rest.starts_with(char::is_whitespace))
+            .then(|| rest.trim_start())
+    }
+    let rest = strip_keyword(sql, "CREATE")?;
+    match kind {
+        "table" => {
+            let rest = strip_keyword(rest, "TABLE")?;
+            Some(format!("CREATE TEMP TABLE {rest}"))
+        }
+        "index" => {
+            let (unique, rest) = match strip_keyword(rest, "UNIQUE") {
+                Some(rest) => ("UNIQUE ", rest),
+                None => ("", rest),
+            };
+            let rest = strip_keyword(rest, "INDEX")?;
+            Some(format!("CREATE {unique}INDEX temp.{rest}"))
+        }
+        _ => None,
+    }
+}
+
+impl Shadow {
+    /// Opens a session and makes an empty TEMP copy of each of `tables` on it.
+    pub(crate) async fn create(
+        pool: &TablePool,
+        tables: &'static [&'static str],
+    ) -> Result<Self, ProjectionError> {
+        let session = Session::open(pool).await?;
+        let mut homes = Vec::with_capacity(tables.len());
+        for table in tables {
+            let home = match session.backend() {
+                Backend::Postgres => create_postgres(&session, table).await?,
+                Backend::Sqlite => create_sqlite(&session, table).await?,
+            };
+            homes.push(home);
+        }
+        Ok(Self {
+            session,
+            tables,
+            homes,
+        })
+    }
+
+    /// Begins a transaction on the shadow's connection, checked to still hold the copies.
+    pub(crate) async fn begin(&self) -> Result<Tx, ProjectionError> {
+        let mut tx = self.session.begin().await?;
+        self.check(&mut tx).await?;
+        Ok(tx)
+    }
+
+    /// Fails unless every copy is on the transaction's connection. A broken connection is
+    /// replaced by a fresh one that has none, and there the projection's unqualified
+    /// statements would write into the real tables: this check stops that.
+    async fn check(&self, tx: &mut Tx) -> Result<(), ProjectionError> {
+        if self.tables.is_empty() {
+            return Ok(());
+        }
+        let names = placeholders(1, self.tables.len());
+        let sql = match tx.backend() {
+            Backend::Postgres => format!(
+                "SELECT count(*) AS n FROM pg_class
+                 WHERE relnamespace = pg_my_temp_schema() AND relkind = 'r'
+                   AND relname::text IN ({names})"
+            ),
+            Backend::Sqlite => format!(
+                "SELECT count(*) AS n FROM temp.sqlite_master
+                 WHERE type = 'table' AND name IN ({names})"
+            ),
+        };
+        let params: Vec<_> = self.tables.iter().map(|t| (*t).into()).collect();
+        let found = tx
+            .fetch_optional(&sql, &params)
+            .await?
+            .map(|row| row.int("n"))
+            .transpose()?
+            .unwrap_or(0);
+        if usize::try_from(found).ok() != Some(self.tables.len()) {
+            return Err(ProjectionError::Failed(format!(
+                "the rebuild's connection lost its shadow tables ({found} of {} left)",
+                self.tables.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Inside `tx` (begun with [`Self::begin`]): replaces every real table's rows with its
+    /// copy's. Parents are refilled before children, after children were emptied first, so
+    /// foreign keys between the tables hold at every statement.
+    pub(crate) async fn copy_into_place(&self, tx: &mut Tx) -> Result<(), sqlx::Error> {
+        let temp = temp_schema(tx.backend());
+        for home in &self.homes {
+            tx.execute(&format!("DELETE FROM {home}"), &[]).await?;
+        }
+        for (table, home) in self.tables.iter().zip(&self.homes).rev() {
+            tx.execute(
+                &format!("INSERT INTO {home} SELECT * FROM {temp}.{table}"),
+                &[],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Inside `tx` (begun with [`Self::begin`]): for each table, the rows only the real
+    /// table has and the rows only the copy has (as multisets of whole rows would differ
+    /// only in duplicates, which primary keys rule out).
+    pub(crate) async fn differences(&self, tx: &mut Tx) -> Result<Vec<TableDrift>, sqlx::Error> {
+        let temp = temp_schema(tx.backend());
+        let mut drift = Vec::new();
+        for (table, home) in self.tables.iter().zip(&self.homes) {
+            let count = |from: &str, minus: &str| {
+                format!(
+                    "SELECT count(*) AS n FROM (SELECT * FROM {from} EXCEPT SELECT * FROM {minus}) d"
+                )
+            };
+            let live_only = tx
+                .fetch_optional(&count(home, &format!("{temp}.{table}")), &[])
+                .await?
+                .map(|r| r.int("n"))
+                .transpose()?
+                .unwrap_or(0);
+            let replay_only = tx
+                .fetch_optional(&count(&format!("{temp}.{table}"), home), &[])
+                .await?
+                .map(|r| r.int("n"))
+                .transpose()?
+                .unwrap_or(0);
+            if live_only != 0 || replay_only != 0 {
+                drift.push(TableDrift {
+                    table,
+                    live_only: live_only as u64,
+                    replay_only: replay_only as u64,
+                });
+            }
+        }
+        Ok(drift)
+    }
+
+    /// Drops the copies and closes the session. A failure here is only logged: closing
+    /// the connection drops the copies anyway.
+    pub(crate) async fn discard(self) {
+        let temp = temp_schema(self.session.backend());
+        for table in self.tables {
+            if let Err(e) = self
+                .session
+                .execute(&format!("DROP TABLE IF EXISTS {temp}.{table}"), &[])
+                .await
+            {
+                tracing::warn!(table, error = %e, "dropping a shadow table failed");
+                break;
+            }
+        }
+        self.session.close().await;
+    }
+}
+
+/// Makes `pg_temp.table` like the real table and returns the real table's qualified name.
+async fn create_postgres(session: &Session, table: &str) -> Result<String, ProjectionError> {
+    // Before the copy exists, the name resolves to the real table, wherever the search
+    // path finds it.
+    let schema = session
+        .fetch_optional(
+            "SELECT n.nspname AS schema FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = to_regclass($1)",
+            &[table.into()],
+        )
+        .await?
+        .ok_or_else(|| ProjectionError::Failed(format!("no table {table} to shadow")))?
+        .text("schema")?;
+    let home = format!("{}.{table}", quote_identifier(&schema));
+    session
+        .execute(
+            &format!("CREATE TEMP TABLE {table} (LIKE {home} INCLUDING ALL)"),
+            &[],
+        )
+        .await?;
+    // A search path that names pg_temp after the real schema would send the projection's
+    // statements to the real table.
+    let shadowed = session
+        .fetch_optional(
+            "SELECT CASE WHEN c.relnamespace = pg_my_temp_schema() THEN 1::bigint ELSE 0::bigint END AS shadowed
+             FROM pg_class c WHERE c.oid = to_regclass($1)",
+            &[table.into()],
+        )
+        .await?
+        .map(|row| row.int("shadowed"))
+        .transpose()?
+        == Some(1);
+    if !shadowed {
+        return Err(ProjectionError::Failed(format!(
+            "the TEMP copy of {table} does not shadow {home} (is pg_temp late in search_path?)"
+        )));
+    }
+    Ok(home)
+}
+
+/// Makes `temp.table` (and its indexes) from the real table's DDL and returns the real
+/// table's qualified name.
+async fn create_sqlite(session: &Session, table: &str) -> Result<String, ProjectionError> {
+    // Automatic indexes (primary keys, UNIQUE) have no DDL: they come with the table's.
+    let objects = session
+        .fetch_all(
+            "SELECT type, name, sql FROM main.sqlite_master
+             WHERE tbl_name = $1 AND sql IS NOT NULL
+             ORDER BY type <> 'table', name",
+            &[table.into()],
+        )
+        .await?;
+    if objects
+        .first()
+        .map(|o| o.text("type"))
+        .transpose()?
+        .as_deref()
+        != Some("table")
+    {
+        return Err(ProjectionError::Failed(format!(
+            "no table {table} to shadow"
+        )));
+    }
+    for object in &objects {
+        let (kind, name, sql) = (
+            object.text("type")?,
+            object.text("name")?,
+            object.text("sql")?,
+        );
+        let ddl = sqlite_temp_ddl(&kind, &sql).ok_or_else(|| {
+            ProjectionError::Failed(format!(
+                "cannot shadow the {kind} {name} of {table}: only tables and indexes are copied"
+            ))
+        })?;
+        session.execute(&ddl, &[]).await?;
+    }
+    Ok(format!("main.{table}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_ddl_is_moved_to_the_temp_schema() {
+        assert_eq!(
+            sqlite_temp_ddl("table", "CREATE TABLE orders (id TEXT PRIMARY KEY) STRICT").unwrap(),
+            "CREATE TEMP TABLE orders (id TEXT PRIMARY KEY) STRICT"
+        );
+        assert_eq!(
+            sqlite_temp_ddl("index", "CREATE INDEX orders_idx ON orders (position, id)").unwrap(),
+            "CREATE INDEX temp.orders_idx ON orders (position, id)"
+        );
+        assert_eq!(
+            sqlite_temp_ddl("index", "create unique  index k ON orders (reservation_id)").unwrap(),
+            "CREATE UNIQUE INDEX temp.k ON orders (reservation_id)"
+        );
+        assert_eq!(
+            sqlite_temp_ddl(
+                "index",
+                "CREATE INDEX due ON outbox (next_attempt_at) WHERE delivered_at IS NULL"
+            )
+            .unwrap(),
+            "CREATE INDEX temp.due ON outbox (next_attempt_at) WHERE delivered_at IS NULL"
+        );
+        assert_eq!(
+            sqlite_temp_ddl(
+                "trigger",
+                "CREATE TRIGGER t AFTER INSERT ON x BEGIN SELECT 1; END"
+            ),
+            None
+        );
+        assert_eq!(sqlite_temp_ddl("table", "CREATE TABLEX y (a)"), None);
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_identifier("public"), "\"public\"");
+        assert_eq!(quote_identifier("a\"b"), "\"a\"\"b\"");
+    }
+}
