@@ -17,6 +17,7 @@ use boxoffice_store::{EventStore, RecordedEvent};
 use sqlx::Connection;
 
 pub mod payments;
+pub mod simulation;
 
 /// A backend to run a suite against: its name and a URL for a fresh, empty store.
 pub struct Backend {
