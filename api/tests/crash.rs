@@ -1,8 +1,11 @@
-//! The real `boxoffice` binary killed with SIGKILL at random moments during a checkout
-//! storm (all test tokens, including `tok_late_visa`, `tok_dup_visa` and `tok_timeout`),
+//! The real `boxoffice` binary killed with SIGKILL at random moments during a storm of the
+//! whole flow (named, best-available and GA holds paid with every test token, including
+//! `tok_late_visa`, `tok_dup_visa` and `tok_timeout`; holds cancelled; waitlist joins once
+//! sold out),
 //! restarted on the same database and data directory, then left to settle: the log must
 //! hold no captured payment without tickets, no double capture, no seat released with a
-//! payment in flight, no hold alive past its deadline, and every payment must have ended.
+//! payment in flight, no hold alive past its deadline, and every payment must have ended;
+//! every hold, cancellation and waitlist entry the server acknowledged must be in it.
 //! On both backends. `CRASH_KILLS` sets the number of kills (default 3).
 
 use std::path::{Path, PathBuf};
@@ -25,6 +28,7 @@ const TOKENS: [&str; 6] = [
 ];
 const BUYERS: usize = 12;
 const SEATS: u32 = 60;
+const FLOOR: u32 = 20;
 
 struct Node {
     child: Child,
@@ -101,39 +105,84 @@ async fn token(client: &reqwest::Client, base: &str, email: &str) -> String {
     body["access_token"].as_str().expect("token").to_string()
 }
 
-/// One buyer's attempt: hold a random free-looking seat and pay with a random token.
-/// Errors (the server is being killed) are expected and ignored; returns the
-/// reservation id if the hold was acknowledged.
+/// What the server acknowledged before a kill, to be found in the log afterwards.
+#[derive(Debug)]
+enum Ack {
+    Hold(String),
+    Cancelled(String),
+    Joined(String),
+}
+
+/// One buyer's attempt, a random part of the whole flow: hold a named seat, the best
+/// available or GA places and pay with a random token; or hold and cancel; or join the
+/// waitlist. Errors (the server is being killed) are expected and ignored; returns what
+/// the server acknowledged.
 async fn attempt(
     client: &reqwest::Client,
     base: &str,
     show: &str,
     buyer: &str,
     seed: u64,
-) -> Option<String> {
+) -> Vec<Ack> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let seat = format!("1-A-{}", rng.gen_range(1..=SEATS));
-    let token = TOKENS[rng.gen_range(0..TOKENS.len())];
-    let held: Value = client
-        .post(format!("{base}/v1/shows/{show}/holds"))
-        .bearer_auth(buyer)
-        .json(&json!({"seats": [seat]}))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    let reservation = held["reservation_id"].as_str()?.to_string();
-    let _ = client
-        .post(format!(
-            "{base}/v1/reservations/{reservation}/checkout?wait_seconds=0"
-        ))
-        .bearer_auth(buyer)
-        .json(&json!({"payment_token": token}))
-        .send()
+    let mut acks = Vec::new();
+    let post = |path: String, body: Value| {
+        client
+            .post(format!("{base}{path}"))
+            .bearer_auth(buyer)
+            .json(&body)
+            .send()
+    };
+    let action = rng.gen_range(0..100);
+    if action >= 90 {
+        let quantity = rng.gen_range(1..=2);
+        let joined = post(
+            format!("/v1/shows/{show}/waitlist"),
+            json!({"quantity": quantity}),
+        )
         .await;
-    Some(reservation)
+        if let Ok(response) = joined
+            && response.status() == 201
+            && let Ok(body) = response.json::<Value>().await
+            && let Some(entry) = body["entry_id"].as_str()
+        {
+            acks.push(Ack::Joined(entry.to_string()));
+        }
+        return acks;
+    }
+    let selection = match action {
+        0..=59 => json!({"seats": [format!("1-A-{}", rng.gen_range(1..=SEATS))]}),
+        60..=74 => json!({"section": "floor", "quantity": rng.gen_range(1..=2)}),
+        _ => json!({"section": "1", "best_available": true, "quantity": rng.gen_range(1..=2)}),
+    };
+    let Ok(held) = post(format!("/v1/shows/{show}/holds"), selection).await else {
+        return acks;
+    };
+    let Ok(held) = held.json::<Value>().await else {
+        return acks;
+    };
+    let Some(reservation) = held["reservation_id"].as_str().map(str::to_string) else {
+        return acks;
+    };
+    acks.push(Ack::Hold(reservation.clone()));
+    if action >= 80 {
+        let cancelled = client
+            .delete(format!("{base}/v1/reservations/{reservation}"))
+            .bearer_auth(buyer)
+            .send()
+            .await;
+        if cancelled.is_ok_and(|r| r.status() == 200) {
+            acks.push(Ack::Cancelled(reservation));
+        }
+        return acks;
+    }
+    let token = TOKENS[rng.gen_range(0..TOKENS.len())];
+    let _ = post(
+        format!("/v1/reservations/{reservation}/checkout?wait_seconds=0"),
+        json!({"payment_token": token}),
+    )
+    .await;
+    acks
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,6 +220,10 @@ async fn sigkill_during_a_checkout_storm_loses_nothing_and_breaks_no_rule() {
         let client = reqwest::Client::new();
         let organizer = token(&client, &node.base, "org@crash.test").await;
         let mut show_body = boxoffice_tests::fixtures::one_row_show("Crash night", SEATS, "30.00");
+        show_body["sections"].as_array_mut().unwrap().push(
+            json!({"id": "floor", "name": "Floor", "kind": "general_admission",
+                         "capacity": FLOOR, "tier": "A"}),
+        );
         show_body["limits"] = json!({
             "hold_ttl_seconds": 10, "payment_timeout_seconds": 5,
             "max_tickets_per_user": 50, "max_active_holds_per_user": 20
@@ -217,9 +270,7 @@ async fn sigkill_during_a_checkout_storm_loses_nothing_and_breaks_no_rule() {
                     let mut held = Vec::new();
                     let mut i = 0;
                     while Instant::now() < until {
-                        if let Some(r) = attempt(&client, &base, &show, &buyer, seed + i).await {
-                            held.push(r);
-                        }
+                        held.extend(attempt(&client, &base, &show, &buyer, seed + i).await);
                         i += 1_000_003;
                     }
                     held
@@ -236,7 +287,10 @@ async fn sigkill_during_a_checkout_storm_loses_nothing_and_breaks_no_rule() {
                 node = start(&backend.url, &data, port).await;
             }
         }
-        assert!(!acknowledged.is_empty(), "the storm placed no hold");
+        assert!(
+            acknowledged.iter().any(|a| matches!(a, Ack::Hold(_))),
+            "the storm placed no hold"
+        );
 
         // Settle: every payment ends (tok_timeout at its 5 s deadline, tok_late_visa
         // just after), and every unpaid hold expires after its 10 s.
@@ -249,19 +303,46 @@ async fn sigkill_during_a_checkout_storm_loses_nothing_and_breaks_no_rule() {
             match check_payments(&log, Some(now)) {
                 Ok(report) => {
                     check_log(show_id, &log).unwrap();
-                    // Every acknowledged hold is in the log (nothing acknowledged lost).
-                    for id in &acknowledged {
-                        let id = id.parse().unwrap();
-                        assert!(
-                            report.trails.contains_key(&id),
-                            "{id} acknowledged but not in the log"
-                        );
+                    // Nothing acknowledged was lost: every hold, cancellation and
+                    // waitlist entry the server answered for is in the log.
+                    let joined: std::collections::HashSet<String> = log
+                        .iter()
+                        .filter(|e| e.event_type == "WaitlistJoined")
+                        .filter_map(|e| e.payload["entry_id"].as_str().map(str::to_string))
+                        .collect();
+                    for ack in &acknowledged {
+                        match ack {
+                            Ack::Hold(id) => {
+                                let id = id.parse().unwrap();
+                                assert!(
+                                    report.trails.contains_key(&id),
+                                    "{id} acknowledged but not in the log"
+                                );
+                            }
+                            Ack::Cancelled(id) => {
+                                let id = id.parse().unwrap();
+                                assert_eq!(
+                                    report.trails.get(&id).map(|t| t.cancelled),
+                                    Some(1),
+                                    "{id}: cancellation acknowledged but not in the log"
+                                );
+                            }
+                            Ack::Joined(entry) => assert!(
+                                joined.contains(entry),
+                                "waitlist entry {entry} acknowledged but not in the log"
+                            ),
+                        }
                     }
+                    let count =
+                        |pick: fn(&Ack) -> bool| acknowledged.iter().filter(|a| pick(a)).count();
                     println!(
-                        "{}: {} kills, {} holds acknowledged, {} issued, {} failed, {} voided, {} expired",
+                        "{}: {} kills, {} holds, {} cancellations and {} waitlist joins acknowledged, \
+                         {} issued, {} failed, {} voided, {} expired",
                         backend.name,
                         kills,
-                        acknowledged.len(),
+                        count(|a| matches!(a, Ack::Hold(_))),
+                        count(|a| matches!(a, Ack::Cancelled(_))),
+                        count(|a| matches!(a, Ack::Joined(_))),
                         report.count(|t| t.issued == 1),
                         report.count(|t| t.failed == 1),
                         report.count(|t| t.timed_out == 1),
