@@ -3,6 +3,8 @@
 //! `engine` drives the write engine in-process (no HTTP): many concurrent clients each
 //! holding 2 adjacent seats of one big show, on each backend; it prints holds/s,
 //! events/s, latency percentiles and an oversell check read back from the log.
+//! `checkout` measures end-to-end checkout latency over HTTP; `onsale` plays a whole
+//! on-sale over HTTP against a real server process and audits its event log.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use boxoffice_domain::{
 use boxoffice_store::EventStore;
 mod checkout;
 mod lag;
+mod onsale;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
@@ -92,6 +95,11 @@ enum Cmd {
         #[arg(long, env = "DATABASE_URL")]
         database_url: Option<String>,
     },
+    /// An on-sale over real HTTP against a running server (`--url`) or one started here
+    /// as a separate process: buyers hold, pay, cancel, abandon and join the waitlist;
+    /// prints rates, latencies and errors, and audits the event log (`--compare A B`
+    /// prints two runs side by side).
+    Onsale(Box<onsale::OnsaleArgs>),
 }
 
 const SEATS_PER_ROW: u32 = 500;
@@ -186,6 +194,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Onsale(args) => onsale::main(*args).await,
     }
 }
 
