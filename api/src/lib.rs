@@ -463,12 +463,14 @@ pub fn api() -> OpenApiRouter<AppState> {
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let mut doc = api().into_openapi();
     openapi::add_layer_responses(&mut doc);
+    openapi::add_links(&mut doc);
     doc
 }
 
 pub fn router(state: AppState) -> Router {
     let (api, mut doc) = api().split_for_parts();
     openapi::add_layer_responses(&mut doc);
+    openapi::add_links(&mut doc);
     api.merge(openapi::docs_router(doc))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -212,6 +212,170 @@ fn header_parameter(name: &str, description: &str) -> Parameter {
         .build()
 }
 
+/// One OpenAPI link: from a response of one operation to another operation, with the
+/// parameter the second takes from the first's body.
+struct LinkSpec {
+    from: (&'static str, HttpMethod, &'static str),
+    name: &'static str,
+    to: (&'static str, HttpMethod),
+    parameter: &'static str,
+    value: &'static str,
+}
+
+const fn link(
+    from: (&'static str, HttpMethod, &'static str),
+    name: &'static str,
+    to: (&'static str, HttpMethod),
+    parameter: &'static str,
+    value: &'static str,
+) -> LinkSpec {
+    LinkSpec {
+        from,
+        name,
+        to,
+        parameter,
+        value,
+    }
+}
+
+/// How a client goes from what it created to what it can do with it: a show to its
+/// holds, a hold to its checkout, a paid checkout to its order, a waitlist entry to its
+/// status. Clients and generators (schemathesis' stateful run) follow these.
+const LINKS: [LinkSpec; 11] = [
+    link(
+        ("/v1/shows", HttpMethod::Post, "201"),
+        "GetShow",
+        ("/v1/shows/{show_id}", HttpMethod::Get),
+        "show_id",
+        "$response.body#/show_id",
+    ),
+    link(
+        ("/v1/shows", HttpMethod::Post, "201"),
+        "GetSeatMap",
+        ("/v1/shows/{show_id}/seatmap", HttpMethod::Get),
+        "show_id",
+        "$response.body#/show_id",
+    ),
+    link(
+        ("/v1/shows", HttpMethod::Post, "201"),
+        "Hold",
+        ("/v1/shows/{show_id}/holds", HttpMethod::Post),
+        "show_id",
+        "$response.body#/show_id",
+    ),
+    link(
+        ("/v1/shows", HttpMethod::Post, "201"),
+        "JoinWaitlist",
+        ("/v1/shows/{show_id}/waitlist", HttpMethod::Post),
+        "show_id",
+        "$response.body#/show_id",
+    ),
+    link(
+        ("/v1/shows/{show_id}/holds", HttpMethod::Post, "201"),
+        "GetReservation",
+        ("/v1/reservations/{reservation_id}", HttpMethod::Get),
+        "reservation_id",
+        "$response.body#/reservation_id",
+    ),
+    link(
+        ("/v1/shows/{show_id}/holds", HttpMethod::Post, "201"),
+        "CancelReservation",
+        ("/v1/reservations/{reservation_id}", HttpMethod::Delete),
+        "reservation_id",
+        "$response.body#/reservation_id",
+    ),
+    link(
+        ("/v1/shows/{show_id}/holds", HttpMethod::Post, "201"),
+        "Checkout",
+        (
+            "/v1/reservations/{reservation_id}/checkout",
+            HttpMethod::Post,
+        ),
+        "reservation_id",
+        "$response.body#/reservation_id",
+    ),
+    link(
+        (
+            "/v1/reservations/{reservation_id}/checkout",
+            HttpMethod::Post,
+            "200",
+        ),
+        "GetOrder",
+        ("/v1/orders/{order_id}", HttpMethod::Get),
+        "order_id",
+        "$response.body#/order_id",
+    ),
+    link(
+        (
+            "/v1/reservations/{reservation_id}/checkout",
+            HttpMethod::Post,
+            "200",
+        ),
+        "Refund",
+        ("/v1/orders/{order_id}/refund", HttpMethod::Post),
+        "order_id",
+        "$response.body#/order_id",
+    ),
+    link(
+        ("/v1/shows/{show_id}/waitlist", HttpMethod::Post, "201"),
+        "GetWaitlistEntry",
+        ("/v1/waitlist/{entry_id}", HttpMethod::Get),
+        "entry_id",
+        "$response.body#/entry_id",
+    ),
+    link(
+        ("/v1/shows/{show_id}/waitlist", HttpMethod::Post, "201"),
+        "LeaveWaitlist",
+        ("/v1/waitlist/{entry_id}", HttpMethod::Delete),
+        "entry_id",
+        "$response.body#/entry_id",
+    ),
+];
+
+fn operation_mut<'a>(
+    doc: &'a mut OpenApi,
+    path: &str,
+    method: HttpMethod,
+) -> Option<&'a mut Operation> {
+    let item = doc.paths.paths.get_mut(path)?;
+    match method {
+        HttpMethod::Get => item.get.as_mut(),
+        HttpMethod::Post => item.post.as_mut(),
+        HttpMethod::Put => item.put.as_mut(),
+        HttpMethod::Patch => item.patch.as_mut(),
+        HttpMethod::Delete => item.delete.as_mut(),
+        _ => None,
+    }
+}
+
+/// Adds [`LINKS`] to the responses they start from. Panics if one names an operation or
+/// response the document lacks (a route renamed without its link).
+pub fn add_links(doc: &mut OpenApi) {
+    for spec in &LINKS {
+        let (to_path, to_method) = (spec.to.0, spec.to.1.clone());
+        let target = operation_mut(doc, to_path, to_method)
+            .unwrap_or_else(|| panic!("link {} to a missing operation {to_path}", spec.name));
+        let operation_id = target
+            .operation_id
+            .clone()
+            .unwrap_or_else(|| panic!("{to_path} has no operation id"));
+        let (from_path, from_method, status) = (spec.from.0, spec.from.1.clone(), spec.from.2);
+        let source = operation_mut(doc, from_path, from_method)
+            .unwrap_or_else(|| panic!("link {} from a missing operation {from_path}", spec.name));
+        let Some(RefOr::T(response)) = source.responses.responses.get_mut(status) else {
+            panic!(
+                "link {} from a missing response {status} of {from_path}",
+                spec.name
+            );
+        };
+        let link = utoipa::openapi::link::LinkBuilder::new()
+            .operation_id(operation_id)
+            .parameter(spec.parameter, spec.value)
+            .build();
+        response.links.insert(spec.name.to_string(), RefOr::T(link));
+    }
+}
+
 /// Adds to every operation what the layers around the handlers do to it: 429 (rate
 /// limits), 500 (a handler's panic) and 503 (request timeout) everywhere; 401 where a token is needed; the body
 /// extractor's 400/413/415/422 where there is a body; `Idempotency-Key` and its 409/422

@@ -4,7 +4,9 @@
 //! holding 2 adjacent seats of one big show, on each backend; it prints holds/s,
 //! events/s, latency percentiles and an oversell check read back from the log.
 //! `checkout` measures end-to-end checkout latency over HTTP; `onsale` plays a whole
-//! on-sale over HTTP against a real server process and audits its event log.
+//! on-sale over HTTP against a real server process and audits its event log; `soak`
+//! holds a steady load on such a server for minutes and checks that its memory stays
+//! flat and its latency does not drift.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use boxoffice_store::EventStore;
 mod checkout;
 mod lag;
 mod onsale;
+mod soak;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
@@ -100,6 +103,11 @@ enum Cmd {
     /// prints rates, latencies and errors, and audits the event log (`--compare A B`
     /// prints two runs side by side).
     Onsale(Box<onsale::OnsaleArgs>),
+    /// A bounded soak over real HTTP: a steady open-loop rate of buyers (seats recycled
+    /// by cancels and abandons) for `--minutes` against a server started here or
+    /// `--url`; samples the server's RSS and each window's latency and errors, and judges
+    /// memory growth, latency drift and the event log audit.
+    Soak(Box<soak::SoakArgs>),
 }
 
 const SEATS_PER_ROW: u32 = 500;
@@ -195,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Onsale(args) => onsale::main(*args).await,
+        Cmd::Soak(args) => soak::main(*args).await,
     }
 }
 

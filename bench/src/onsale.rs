@@ -38,12 +38,12 @@ use serde_json::{Value, json};
 /// Attempts one buyer makes to hold something before joining the waitlist.
 const HOLD_ATTEMPTS_MAX: usize = 5;
 /// Seats one buyer asks for, at most (the contract allows 10 per hold).
-const SEATS_PER_BUYER_MAX: u32 = 4;
+pub(crate) const SEATS_PER_BUYER_MAX: u32 = 4;
 const _: () = assert!(SEATS_PER_BUYER_MAX <= boxoffice_domain::policy::SEATS_PER_HOLD_MAX);
 /// A run without `--seconds` goes until sold out, but never longer than this.
 const UNTIL_SOLD_OUT_SECONDS_MAX: u64 = 600;
 /// Registrations (each two password hashes on the server) in flight during setup.
-const SETUP_REQUESTS_IN_FLIGHT: usize = 16;
+pub(crate) const SETUP_REQUESTS_IN_FLIGHT: usize = 16;
 /// How long one HTTP request may take before it counts as a transport error.
 const REQUEST_TIMEOUT_SECONDS: u64 = 60;
 /// How long the started server may take to answer `/readyz`.
@@ -59,7 +59,7 @@ const AUDIT_GRACE_SECONDS: i64 = 5;
 const VIOLATION_SAMPLES_MAX: usize = 10;
 /// The shortest hold the contract accepts is 10 s; short holds let the abandoned ones
 /// expire within a run.
-const HOLD_TTL_SECONDS_DEFAULT: u32 = 10;
+pub(crate) const HOLD_TTL_SECONDS_DEFAULT: u32 = 10;
 /// Closed-loop buyers when neither `--rate` nor `--concurrency` is given.
 const CONCURRENCY_DEFAULT: usize = 256;
 const PASSWORD: &str = "correct horse battery";
@@ -266,50 +266,29 @@ pub async fn main(args: OnsaleArgs) -> anyhow::Result<()> {
         args.sections > 0 && args.seats_per_row > 0 && args.seats > 0,
         "--seats, --sections and --seats-per-row must be positive"
     );
-    let (target, server) = match &args.url {
-        Some(url) => {
-            let email = args.organizer_email.clone().ok_or_else(|| {
-                anyhow::anyhow!("--url needs --organizer-email and --organizer-password")
-            })?;
-            let password = args.organizer_password.clone().ok_or_else(|| {
-                anyhow::anyhow!("--url needs --organizer-email and --organizer-password")
-            })?;
-            let target = Target {
-                backend: "external".into(),
-                base: url.trim_end_matches('/').to_string(),
-                organizer: (email, password),
-                store_url: args.database_url.clone(),
-                chain_key_file: args.event_chain_key_file.clone(),
-            };
-            (target, None)
-        }
-        None => {
-            let server = Server::start(&args).await?;
-            (server.target(), Some(server))
-        }
+    let external = match &args.url {
+        Some(url) => Some(Target::external(
+            url,
+            args.organizer_email.clone(),
+            args.organizer_password.clone(),
+            args.database_url.clone(),
+            args.event_chain_key_file.clone(),
+        )?),
+        None => None,
     };
-    let result = run(&args, &target).await;
-    let stopped_at = Utc::now();
-    let result = match (result, server) {
-        (Ok(report), Some(mut server)) => {
-            let stopped = server.stop().await;
-            let audited = match stopped {
-                Ok(stopped_at) => audit_into(report, &target, stopped_at).await,
-                Err(e) => Err(e),
-            };
-            server.cleanup(args.keep_data).await;
-            audited
-        }
-        (Ok(report), None) => audit_into(report, &target, stopped_at).await,
-        (Err(e), Some(mut server)) => {
-            let _ = server.stop().await;
-            eprintln!("server log: {}", server.log.display());
-            server.cleanup(true).await;
-            Err(e)
-        }
-        (Err(e), None) => Err(e),
-    };
-    let report = result?;
+    let args = &args;
+    let (mut report, audit) = against_server(
+        external,
+        &args.server_spec(),
+        args.keep_data,
+        |target, _| async move {
+            let report = run(args, &target).await?;
+            let show_id = report.show_id.clone();
+            Ok((report, show_id))
+        },
+    )
+    .await?;
+    report.audit = audit;
     print(&report);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
@@ -322,30 +301,148 @@ pub async fn main(args: OnsaleArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn audit_into(
-    mut report: OnsaleReport,
+impl OnsaleArgs {
+    fn server_spec(&self) -> ServerSpec {
+        ServerSpec {
+            bin: self.server_bin.clone(),
+            backend: self.backend,
+            database_url: self.database_url.clone(),
+            paysim_latency_ms: self.paysim_latency_ms,
+        }
+    }
+
+    fn show_spec(&self) -> ShowSpec {
+        ShowSpec {
+            seats: self.seats,
+            sections: self.sections,
+            seats_per_row: self.seats_per_row,
+            ga_capacity: self.ga_capacity,
+            buyers: self.buyers,
+            hold_ttl_seconds: self.hold_ttl_seconds,
+            payment_timeout_seconds: self.payment_timeout_seconds,
+        }
+    }
+}
+
+/// Runs `load` against the target: the external server if given, else a server started
+/// here (and stopped after the load). `load` gets the target and the started server's
+/// process id, and returns its result with the id of the show it played; that show's
+/// event log is then audited (`None`: the target's store is unknown). On a failed load
+/// a started server's data is kept and its log named.
+pub(crate) async fn against_server<T, Fut>(
+    external: Option<Target>,
+    spec: &ServerSpec,
+    keep_data: bool,
+    load: impl FnOnce(Target, Option<u32>) -> Fut,
+) -> anyhow::Result<(T, Option<Audit>)>
+where
+    Fut: std::future::Future<Output = anyhow::Result<(T, String)>>,
+{
+    let (target, server) = match external {
+        Some(target) => (target, None),
+        None => {
+            let server = Server::start(spec).await?;
+            (server.target(), Some(server))
+        }
+    };
+    let pid = server.as_ref().and_then(|s| s.child.id());
+    let result = load(target.clone(), pid).await;
+    let stopped_at = Utc::now();
+    match (result, server) {
+        (Ok((out, show_id)), Some(mut server)) => {
+            let audited = match server.stop().await {
+                Ok(stopped_at) => audit_target(&target, &show_id, stopped_at).await,
+                Err(e) => Err(e),
+            };
+            server.cleanup(keep_data).await;
+            Ok((out, audited?))
+        }
+        (Ok((out, show_id)), None) => {
+            let audited = audit_target(&target, &show_id, stopped_at).await?;
+            Ok((out, audited))
+        }
+        (Err(e), Some(mut server)) => {
+            let _ = server.stop().await;
+            eprintln!("server log: {}", server.log.display());
+            server.cleanup(true).await;
+            Err(e)
+        }
+        (Err(e), None) => Err(e),
+    }
+}
+
+async fn audit_target(
     target: &Target,
+    show_id: &str,
     now: DateTime<Utc>,
-) -> anyhow::Result<OnsaleReport> {
-    report.audit = match &target.store_url {
-        Some(url) => Some(audit(url, target.chain_key_file.as_deref(), &report, now).await?),
+) -> anyhow::Result<Option<Audit>> {
+    match &target.store_url {
+        Some(url) => Ok(Some(
+            audit(url, target.chain_key_file.as_deref(), show_id, now).await?,
+        )),
         None => {
             eprintln!(
                 "audit skipped: the target's store is unknown (pass --database-url with --url)"
             );
-            None
+            Ok(None)
         }
-    };
-    Ok(report)
+    }
 }
 
 /// Where the load goes and what the audit reads.
-struct Target {
-    backend: String,
-    base: String,
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) backend: String,
+    pub(crate) base: String,
     organizer: (String, String),
-    store_url: Option<String>,
+    pub(crate) store_url: Option<String>,
     chain_key_file: Option<PathBuf>,
+}
+
+impl Target {
+    /// A server that is already running at `url`, with an organizer's credentials and,
+    /// for the audit, its store and event-chain key.
+    pub(crate) fn external(
+        url: &str,
+        organizer_email: Option<String>,
+        organizer_password: Option<String>,
+        store_url: Option<String>,
+        chain_key_file: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
+        let (Some(email), Some(password)) = (organizer_email, organizer_password) else {
+            anyhow::bail!("--url needs --organizer-email and --organizer-password");
+        };
+        Ok(Self {
+            backend: "external".into(),
+            base: url.trim_end_matches('/').to_string(),
+            organizer: (email, password),
+            store_url,
+            chain_key_file,
+        })
+    }
+}
+
+/// How to start the server the bench runs against.
+pub(crate) struct ServerSpec {
+    /// Default: `boxoffice` next to this binary.
+    pub(crate) bin: Option<PathBuf>,
+    pub(crate) backend: ServerBackend,
+    /// With PostgreSQL: the server to create a fresh database on.
+    pub(crate) database_url: Option<String>,
+    pub(crate) paysim_latency_ms: u64,
+}
+
+/// The show setup creates and the buyer accounts it registers.
+pub(crate) struct ShowSpec {
+    /// Seats in the seated sections (rounded up to whole rows).
+    pub(crate) seats: u32,
+    pub(crate) sections: u32,
+    pub(crate) seats_per_row: u32,
+    /// Places on the general-admission floor (0: no floor).
+    pub(crate) ga_capacity: u32,
+    pub(crate) buyers: usize,
+    pub(crate) hold_ttl_seconds: u32,
+    pub(crate) payment_timeout_seconds: u32,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -364,8 +461,8 @@ struct Server {
 }
 
 impl Server {
-    async fn start(args: &OnsaleArgs) -> anyhow::Result<Self> {
-        let bin = match &args.server_bin {
+    async fn start(spec: &ServerSpec) -> anyhow::Result<Self> {
+        let bin = match &spec.bin {
             Some(bin) => bin.clone(),
             None => std::env::current_exe()?.with_file_name("boxoffice"),
         };
@@ -379,13 +476,13 @@ impl Server {
             uuid::Uuid::new_v4().simple()
         ));
         std::fs::create_dir_all(&data_dir)?;
-        let (database_url, postgres) = match args.backend {
+        let (database_url, postgres) = match spec.backend {
             ServerBackend::Sqlite => (
                 format!("sqlite://{}", data_dir.join("boxoffice.db").display()),
                 None,
             ),
             ServerBackend::Postgres => {
-                let base = args
+                let base = spec
                     .database_url
                     .clone()
                     .filter(|u| u.starts_with("postgres"))
@@ -412,7 +509,7 @@ impl Server {
                 .env("DATA_DIR", &data_dir)
                 .env("RATE_LIMIT_PER_USER", "0")
                 .env("RATE_LIMIT_PER_IP", "0")
-                .env("PAYSIM_LATENCY_MS", args.paysim_latency_ms.to_string())
+                .env("PAYSIM_LATENCY_MS", spec.paysim_latency_ms.to_string())
                 // Everything else the server keeps under its fresh data directory.
                 .env_remove("PAYMENT_PROVIDER_URL")
                 .env_remove("PAYMENT_WEBHOOK_SECRET")
@@ -451,7 +548,7 @@ impl Server {
         let child = command(&log)?.arg("serve").spawn()?;
         let mut server = Self {
             child,
-            backend: args.backend,
+            backend: spec.backend,
             base: format!("http://127.0.0.1:{port}"),
             data_dir,
             database_url,
@@ -542,7 +639,7 @@ impl Server {
 // The load
 
 /// The show as the buyers see it.
-struct Venue {
+pub(crate) struct Venue {
     show_id: String,
     sections: Vec<String>,
     rows_per_section: u32,
@@ -552,36 +649,53 @@ struct Venue {
     ga: bool,
 }
 
-struct Buyer {
+pub(crate) struct Buyer {
     token: String,
 }
 
 /// Latency histograms and error counts, shared by all buyers.
 #[derive(Default)]
-struct Recorder {
-    latency_micros: BTreeMap<&'static str, Histogram<u64>>,
-    errors: BTreeMap<String, u64>,
+pub(crate) struct Recorder {
+    /// Per operation (`hold`, `checkout`, `cancel`, `waitlist`, …), microseconds.
+    pub(crate) latency_micros: BTreeMap<&'static str, Histogram<u64>>,
+    /// Non-2xx answers, `"<status> <code>"`; transport failures as `"transport <kind>"`.
+    pub(crate) errors: BTreeMap<String, u64>,
 }
 
+/// Running totals since the load started.
 #[derive(Default)]
-struct Counters {
-    sessions: AtomicU64,
-    hold_attempts: AtomicU64,
-    holds: AtomicU64,
-    seats_held: AtomicU64,
-    confirmed: AtomicU64,
-    pending: AtomicU64,
-    declined: AtomicU64,
-    checkout_other: AtomicU64,
-    cancels: AtomicU64,
-    abandoned: AtomicU64,
-    waitlist_joins: AtomicU64,
-    errors: AtomicU64,
-    server_errors: AtomicU64,
-    dropped: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) sessions: AtomicU64,
+    pub(crate) hold_attempts: AtomicU64,
+    pub(crate) holds: AtomicU64,
+    pub(crate) seats_held: AtomicU64,
+    pub(crate) confirmed: AtomicU64,
+    pub(crate) pending: AtomicU64,
+    pub(crate) declined: AtomicU64,
+    pub(crate) checkout_other: AtomicU64,
+    pub(crate) cancels: AtomicU64,
+    pub(crate) abandoned: AtomicU64,
+    pub(crate) waitlist_joins: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) server_errors: AtomicU64,
+    pub(crate) dropped: AtomicU64,
 }
 
-struct Ctx {
+/// What buyers do with a hold, and how they send their requests.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SessionMix {
+    /// Of the holds: per cent checked out; `abandon_percent` are left to expire, the rest
+    /// cancelled.
+    pub(crate) checkout_percent: u32,
+    pub(crate) abandon_percent: u32,
+    /// `?wait_seconds=` of each checkout.
+    pub(crate) checkout_wait_seconds: u64,
+    /// Each hold and checkout carries a fresh `Idempotency-Key`.
+    pub(crate) idempotency_keys: bool,
+}
+
+/// Everything the buyers share: the client, the show, the accounts and the records.
+pub(crate) struct Ctx {
     client: reqwest::Client,
     base: String,
     venue: Venue,
@@ -590,10 +704,10 @@ struct Ctx {
     abandon_percent: u32,
     checkout_wait_seconds: u64,
     idempotency_keys: bool,
-    counters: Counters,
-    recorder: Mutex<Recorder>,
+    pub(crate) counters: Counters,
+    pub(crate) recorder: Mutex<Recorder>,
     /// Set when no new buyer may start.
-    stop: AtomicBool,
+    pub(crate) stop: AtomicBool,
     /// The latest `expires_at` of an abandoned hold, unix milliseconds.
     abandoned_expiry_ms: AtomicU64,
     /// The last checkout sent, unix milliseconds (late captures and voids follow it).
@@ -613,6 +727,50 @@ impl Answer {
 }
 
 impl Ctx {
+    pub(crate) fn new(
+        client: reqwest::Client,
+        base: String,
+        venue: Venue,
+        buyers: Vec<Buyer>,
+        mix: SessionMix,
+        recorder: Recorder,
+    ) -> Self {
+        assert!(
+            mix.checkout_percent + mix.abandon_percent <= 100,
+            "checkout and abandon shares exceed 100%"
+        );
+        Self {
+            client,
+            base,
+            venue,
+            buyers,
+            checkout_percent: mix.checkout_percent,
+            abandon_percent: mix.abandon_percent,
+            checkout_wait_seconds: mix.checkout_wait_seconds,
+            idempotency_keys: mix.idempotency_keys,
+            counters: Counters::default(),
+            recorder: Mutex::new(recorder),
+            stop: AtomicBool::new(false),
+            abandoned_expiry_ms: AtomicU64::new(0),
+            last_checkout_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The show's id.
+    pub(crate) fn show_id(&self) -> &str {
+        &self.venue.show_id
+    }
+
+    /// Seats in the seated sections.
+    pub(crate) fn seated_capacity(&self) -> u32 {
+        self.venue.sections.len() as u32 * self.venue.rows_per_section * self.venue.seats_per_row
+    }
+
+    /// Buyer accounts registered.
+    pub(crate) fn buyer_accounts(&self) -> usize {
+        self.buyers.len()
+    }
+
     /// Sends a request, records its latency under `op` and a non-2xx answer under its
     /// status and problem code.
     async fn send(&self, op: &'static str, request: reqwest::RequestBuilder) -> Answer {
@@ -673,6 +831,102 @@ impl Ctx {
         } else {
             request
         }
+    }
+}
+
+/// The load's HTTP client: HTTP/1.1 (built without HTTP/2) with keep-alive, one idle
+/// connection kept per buyer that can be in flight (`pool`), so connections are reused,
+/// not re-opened.
+pub(crate) fn http_client(pool: usize) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(pool)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(REQUEST_TIMEOUT_SECONDS))
+        .build()?)
+}
+
+/// Open-loop arrivals: buyers start on schedule, `rate` per second from `started`,
+/// whatever the answers take; arrivals beyond `max_in_flight` buyers in flight are
+/// dropped and counted.
+pub(crate) struct OpenLoop {
+    started: Instant,
+    rate: u32,
+    max_in_flight: usize,
+    seed: u64,
+    arrived: u64,
+    in_flight: Arc<AtomicUsize>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl OpenLoop {
+    pub(crate) fn new(started: Instant, rate: u32, max_in_flight: usize, seed: u64) -> Self {
+        assert!(rate > 0, "an open loop needs a positive rate");
+        Self {
+            started,
+            rate,
+            max_in_flight,
+            seed,
+            arrived: 0,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            tasks: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// Starts every arrival that fell due by now (a late tick starts all that fell due
+    /// meanwhile) and reaps finished sessions so the set stays small.
+    pub(crate) fn arrive_due(&mut self, ctx: &Arc<Ctx>) {
+        let due = (self.started.elapsed().as_secs_f64() * f64::from(self.rate)) as u64;
+        while self.arrived < due {
+            let n = self.arrived;
+            self.arrived += 1;
+            if self.in_flight.load(Ordering::Relaxed) >= self.max_in_flight {
+                ctx.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+            let (ctx, in_flight) = (Arc::clone(ctx), Arc::clone(&self.in_flight));
+            let seed = self.seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            self.tasks.spawn(async move {
+                let mut rng = StdRng::seed_from_u64(seed);
+                let buyer = &ctx.buyers[(n % ctx.buyers.len() as u64) as usize];
+                session(&ctx, &mut rng, buyer).await;
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+        while self.tasks.try_join_next().is_some() {}
+    }
+
+    /// Buyers in flight now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The sessions still running, to wait for.
+    pub(crate) fn into_tasks(self) -> tokio::task::JoinSet<()> {
+        self.tasks
+    }
+}
+
+/// Abandoned holds expire and late payments settle (or are voided) on the server's own
+/// schedule; an audit of the log is only meaningful once they had the time to. Waits for
+/// that, at most `SETTLE_SECONDS_MAX`.
+pub(crate) async fn settle(ctx: &Ctx, payment_timeout_seconds: u32, bar: &ProgressBar) {
+    let payment_settle_ms = u64::from(payment_timeout_seconds) * 1_000 + 5_000;
+    let settle_until_ms = ctx
+        .abandoned_expiry_ms
+        .load(Ordering::Relaxed)
+        .max(ctx.last_checkout_ms.load(Ordering::Relaxed) + payment_settle_ms)
+        + 2_000;
+    let now_ms = unix_ms(Utc::now());
+    if settle_until_ms > now_ms {
+        let wait =
+            Duration::from_millis((settle_until_ms - now_ms).min(SETTLE_SECONDS_MAX * 1_000));
+        bar.set_message(format!(
+            "waiting {:.0} s for abandoned holds to expire and late payments to settle",
+            wait.as_secs_f64()
+        ));
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -915,16 +1169,9 @@ async fn run(args: &OnsaleArgs, target: &Target) -> anyhow::Result<OnsaleReport>
     let pool = concurrency
         .unwrap_or(args.max_in_flight)
         .max(SETUP_REQUESTS_IN_FLIGHT);
-    // HTTP/1.1 (the client is built without HTTP/2) with keep-alive: one idle connection
-    // kept per buyer that can be in flight, so connections are reused, not re-opened.
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(pool)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(REQUEST_TIMEOUT_SECONDS))
-        .build()?;
+    let client = http_client(pool)?;
     let setup_started = Instant::now();
-    let (venue, buyers, recorder) = setup(args, target, &client).await?;
+    let (venue, buyers, recorder) = setup(&args.show_spec(), target, &client).await?;
     let setup_seconds = setup_started.elapsed().as_secs_f64();
     eprintln!(
         "setup: show {} ({} seats in {} sections + {} on the floor), {} buyers in {:.1} s",
@@ -935,21 +1182,20 @@ async fn run(args: &OnsaleArgs, target: &Target) -> anyhow::Result<OnsaleReport>
         buyers.len(),
         setup_seconds
     );
-    let ctx = Arc::new(Ctx {
-        client,
-        base: target.base.clone(),
-        venue,
-        buyers,
+    let mix = SessionMix {
         checkout_percent: args.checkout_percent,
         abandon_percent: args.abandon_percent,
         checkout_wait_seconds: args.checkout_wait_seconds,
         idempotency_keys: !args.no_idempotency_keys,
-        counters: Counters::default(),
-        recorder: Mutex::new(recorder),
-        stop: AtomicBool::new(false),
-        abandoned_expiry_ms: AtomicU64::new(0),
-        last_checkout_ms: AtomicU64::new(0),
-    });
+    };
+    let ctx = Arc::new(Ctx::new(
+        client,
+        target.base.clone(),
+        venue,
+        buyers,
+        mix,
+        recorder,
+    ));
 
     let limit = Duration::from_secs(args.seconds.unwrap_or(UNTIL_SOLD_OUT_SECONDS_MAX));
     let until_sold_out = args.seconds.is_none();
@@ -962,7 +1208,6 @@ async fn run(args: &OnsaleArgs, target: &Target) -> anyhow::Result<OnsaleReport>
         bar.clone(),
         Arc::clone(&sold_out),
     ));
-    let in_flight = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     let is_over = |ctx: &Ctx| {
         started.elapsed() >= limit
@@ -971,32 +1216,12 @@ async fn run(args: &OnsaleArgs, target: &Target) -> anyhow::Result<OnsaleReport>
     };
     match (args.rate, concurrency) {
         (Some(rate), _) => {
-            // Open loop: arrivals on schedule whatever the answers take; a late tick
-            // starts every arrival that fell due meanwhile.
-            let mut arrived = 0u64;
+            let mut arrivals = OpenLoop::new(started, rate, args.max_in_flight, args.seed);
             while !is_over(&ctx) {
-                let due = (started.elapsed().as_secs_f64() * f64::from(rate)) as u64;
-                while arrived < due {
-                    let n = arrived;
-                    arrived += 1;
-                    if in_flight.load(Ordering::Relaxed) >= args.max_in_flight {
-                        ctx.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    in_flight.fetch_add(1, Ordering::Relaxed);
-                    let (ctx, in_flight) = (Arc::clone(&ctx), Arc::clone(&in_flight));
-                    let seed = args.seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                    tasks.spawn(async move {
-                        let mut rng = StdRng::seed_from_u64(seed);
-                        let buyer = &ctx.buyers[(n % ctx.buyers.len() as u64) as usize];
-                        session(&ctx, &mut rng, buyer).await;
-                        in_flight.fetch_sub(1, Ordering::Relaxed);
-                    });
-                }
-                // Reap finished sessions so the set stays small.
-                while tasks.try_join_next().is_some() {}
+                arrivals.arrive_due(&ctx);
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
+            tasks = arrivals.into_tasks();
         }
         (None, Some(users)) => {
             for user in 0..users {
@@ -1027,23 +1252,8 @@ async fn run(args: &OnsaleArgs, target: &Target) -> anyhow::Result<OnsaleReport>
     let drain_seconds = started.elapsed().as_secs_f64();
     monitor.abort();
 
-    // Abandoned holds expire and late payments settle (or are voided) on the server's
-    // own schedule; the audit is only meaningful once they had the time to.
-    let payment_settle_ms = u64::from(args.payment_timeout_seconds) * 1_000 + 5_000;
-    let settle_until_ms = ctx
-        .abandoned_expiry_ms
-        .load(Ordering::Relaxed)
-        .max(ctx.last_checkout_ms.load(Ordering::Relaxed) + payment_settle_ms)
-        + 2_000;
-    let now_ms = unix_ms(Utc::now());
-    if target.store_url.is_some() && settle_until_ms > now_ms {
-        let wait =
-            Duration::from_millis((settle_until_ms - now_ms).min(SETTLE_SECONDS_MAX * 1_000));
-        bar.set_message(format!(
-            "waiting {:.0} s for abandoned holds to expire and late payments to settle",
-            wait.as_secs_f64()
-        ));
-        tokio::time::sleep(wait).await;
+    if target.store_url.is_some() {
+        settle(&ctx, args.payment_timeout_seconds, &bar).await;
     }
     bar.finish_and_clear();
 
@@ -1117,7 +1327,7 @@ async fn run(args: &OnsaleArgs, target: &Target) -> anyhow::Result<OnsaleReport>
     })
 }
 
-fn progress_bar(seconds: Option<u64>) -> ProgressBar {
+pub(crate) fn progress_bar(seconds: Option<u64>) -> ProgressBar {
     let bar = match seconds {
         Some(seconds) => ProgressBar::new(seconds * 1_000).with_style(
             ProgressStyle::with_template("[{elapsed_precise}] {wide_bar} {msg}")
@@ -1189,8 +1399,8 @@ async fn monitor(
 // ---------------------------------------------------------------------------------------
 // Setup
 
-async fn setup(
-    args: &OnsaleArgs,
+pub(crate) async fn setup(
+    show_spec: &ShowSpec,
     target: &Target,
     client: &reqwest::Client,
 ) -> anyhow::Result<(Venue, Vec<Buyer>, Recorder)> {
@@ -1207,12 +1417,12 @@ async fn setup(
         .ok_or_else(|| anyhow::anyhow!("organizer sign-in refused: {answer}"))?
         .to_string();
 
-    let rows_per_section = args
+    let rows_per_section = show_spec
         .seats
-        .div_ceil(args.sections)
-        .div_ceil(args.seats_per_row);
+        .div_ceil(show_spec.sections)
+        .div_ceil(show_spec.seats_per_row);
     // The front third of each section is tier A.
-    let sections: Vec<String> = (1..=args.sections)
+    let sections: Vec<String> = (1..=show_spec.sections)
         .map(|s| format!("{}", 100 + s))
         .collect();
     let mut section_defs: Vec<Value> = sections
@@ -1222,16 +1432,16 @@ async fn setup(
                 "id": id, "name": format!("Section {id}"), "kind": "seated",
                 "rows": (1..=rows_per_section).map(|r| json!({
                     "row": format!("R{r}"),
-                    "seats": args.seats_per_row,
+                    "seats": show_spec.seats_per_row,
                     "tier": if r <= rows_per_section.div_ceil(3) { "A" } else { "B" },
                 })).collect::<Vec<_>>(),
             })
         })
         .collect();
-    if args.ga_capacity > 0 {
+    if show_spec.ga_capacity > 0 {
         section_defs.push(json!({
             "id": "floor", "name": "Floor", "kind": "general_admission",
-            "capacity": args.ga_capacity, "tier": "B",
+            "capacity": show_spec.ga_capacity, "tier": "B",
         }));
     }
     let show = json!({
@@ -1242,9 +1452,9 @@ async fn setup(
         "limits": {
             "max_tickets_per_user": boxoffice_domain::show::MAX_TICKETS_PER_USER_MAX,
             "max_active_holds_per_user": boxoffice_domain::show::ACTIVE_HOLDS_PER_USER_MAX,
-            "hold_ttl_seconds": args.hold_ttl_seconds,
-            "payment_timeout_seconds": args.payment_timeout_seconds,
-            "waitlist_claim_seconds": args.hold_ttl_seconds.max(boxoffice_domain::show::WAITLIST_CLAIM_SECONDS_MIN),
+            "hold_ttl_seconds": show_spec.hold_ttl_seconds,
+            "payment_timeout_seconds": show_spec.payment_timeout_seconds,
+            "waitlist_claim_seconds": show_spec.hold_ttl_seconds.max(boxoffice_domain::show::WAITLIST_CLAIM_SECONDS_MIN),
         },
         "price_tiers": [{"id": "A", "name": "Front", "price": "120.00"},
                         {"id": "B", "name": "Back", "price": "60.00"}],
@@ -1266,17 +1476,17 @@ async fn setup(
         show_id,
         sections,
         rows_per_section,
-        seats_per_row: args.seats_per_row,
+        seats_per_row: show_spec.seats_per_row,
         hot_rows: (rows_per_section / 5).max(1),
-        ga: args.ga_capacity > 0,
+        ga: show_spec.ga_capacity > 0,
     };
 
     // Buyers register and sign in over HTTP, a bounded number at a time: each is two
     // password hashes on the server, which is what setup time goes to.
-    let setup_ctx = Arc::new(Ctx {
-        client: client.clone(),
-        base: base.clone(),
-        venue: Venue {
+    let setup_ctx = Arc::new(Ctx::new(
+        client.clone(),
+        base.clone(),
+        Venue {
             show_id: String::new(),
             sections: Vec::new(),
             rows_per_section: 0,
@@ -1284,18 +1494,11 @@ async fn setup(
             hot_rows: 0,
             ga: false,
         },
-        buyers: Vec::new(),
-        checkout_percent: 0,
-        abandon_percent: 0,
-        checkout_wait_seconds: 0,
-        idempotency_keys: false,
-        counters: Counters::default(),
-        recorder: Mutex::new(Recorder::default()),
-        stop: AtomicBool::new(false),
-        abandoned_expiry_ms: AtomicU64::new(0),
-        last_checkout_ms: AtomicU64::new(0),
-    });
-    let bar = ProgressBar::new(args.buyers as u64).with_style(
+        Vec::new(),
+        SessionMix::default(),
+        Recorder::default(),
+    ));
+    let bar = ProgressBar::new(show_spec.buyers as u64).with_style(
         ProgressStyle::with_template(
             "registering buyers [{elapsed_precise}] {wide_bar} {pos}/{len}",
         )
@@ -1307,14 +1510,14 @@ async fn setup(
     let run = uuid::Uuid::new_v4().simple().to_string();
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..SETUP_REQUESTS_IN_FLIGHT.min(args.buyers) {
+    for _ in 0..SETUP_REQUESTS_IN_FLIGHT.min(show_spec.buyers) {
         let (ctx, next, bar, run) = (
             Arc::clone(&setup_ctx),
             Arc::clone(&next),
             bar.clone(),
             run.clone(),
         );
-        let total = args.buyers;
+        let total = show_spec.buyers;
         workers.spawn(async move {
             let mut tokens = Vec::new();
             loop {
@@ -1355,7 +1558,7 @@ async fn setup(
             }
         });
     }
-    let mut buyers = Vec::with_capacity(args.buyers);
+    let mut buyers = Vec::with_capacity(show_spec.buyers);
     while let Some(done) = workers.join_next().await {
         buyers.extend(done??);
     }
@@ -1372,7 +1575,7 @@ async fn setup(
 async fn audit(
     store_url: &str,
     chain_key_file: Option<&Path>,
-    report: &OnsaleReport,
+    show_id: &str,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Audit> {
     use boxoffice_replay_tools::verify;
@@ -1381,7 +1584,7 @@ async fn audit(
         Some(path) if path.exists() => Some(boxoffice_store::chain::ChainKey::load(path)?),
         _ => None,
     };
-    let show_id = report.show_id.clone();
+    let show_id = show_id.to_string();
     let config = verify::VerifyConfig {
         now,
         grace: chrono::Duration::seconds(AUDIT_GRACE_SECONDS),

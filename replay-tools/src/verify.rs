@@ -831,8 +831,11 @@ fn check_reservation(
             if t.in_flight {
                 found.push(("3", format!("{id} expired with a payment in flight")));
             }
+            // The store keeps `recorded_at` to the microsecond (PostgreSQL's precision)
+            // while `expires_at` has nanoseconds: an expiry in the deadline's own
+            // microsecond is on time.
             if let Some(expires_at) = t.expires_at
-                && e.recorded_at < expires_at
+                && e.recorded_at < chrono::SubsecRound::trunc_subsecs(expires_at, 6)
             {
                 found.push((
                     "4",

@@ -356,6 +356,9 @@ async fn schemathesis_finds_no_server_error_or_schema_mismatch() {
         .arg("--experimental=openapi-3.1")
         .arg("--checks=not_a_server_error,response_schema_conformance")
         .arg("--hypothesis-max-examples=15")
+        // After each operation alone, sequences that follow the document's links (a show,
+        // a hold on it, its checkout, the order, a refund; a waitlist entry).
+        .arg("--stateful=links")
         .arg("--hypothesis-seed=1")
         .arg("--hypothesis-database=none")
         .arg("--request-timeout=40000")
@@ -399,7 +402,20 @@ async fn schemathesis_finds_no_server_error_or_schema_mismatch() {
         .and_then(|(n, _)| n.parse().ok())
         .unwrap_or_else(|| panic!("no count in {summary:?}"));
     let operations = operations(&server.openapi().await).len();
-    assert_eq!(passed, operations - 1, "{summary}");
+    // The stateful run prints one "-> METHOD /path" line per link it followed; it must
+    // have gone from a show to its holds and on to a reservation's checkout.
+    let followed: Vec<&str> = stdout
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with("-> "))
+        .collect();
+    assert!(
+        followed
+            .iter()
+            .any(|l| l.starts_with("-> POST /v1/reservations/{reservation_id}/checkout")),
+        "the stateful run did not reach a checkout: {followed:?}"
+    );
+    assert_eq!(passed, operations - 1 + followed.len(), "{summary}");
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
