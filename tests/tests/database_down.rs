@@ -225,7 +225,7 @@ async fn a_storm_survives_cut_connections_and_an_outage() {
                 seen.last_ack = Some(Instant::now());
                 round += 1;
                 // Most holds are given back, so seats keep turning over; every tenth is paid.
-                let paid = if round % 10 == 0 {
+                let paid = if round.is_multiple_of(10) {
                     client
                         .post(format!(
                             "{base}/v1/reservations/{reservation}/checkout?wait_seconds=0"
