@@ -49,8 +49,11 @@ macro_rules! typed_id {
                     .strip_prefix($prefix)
                     .and_then(|r| r.strip_prefix('_'))
                     .ok_or_else(err)?;
-                // Only the canonical 32-hex-digit form, so one id has one spelling.
-                if rest.len() != 32 {
+                // Only the canonical form `Display` writes, 32 lower-case hex digits, so
+                // one id has one spelling (`Uuid::try_parse` alone takes upper case too).
+                if rest.len() != 32
+                    || !rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                {
                     return Err(err());
                 }
                 Uuid::try_parse(rest).map(Self).map_err(|_| err())
@@ -167,6 +170,19 @@ mod tests {
         assert!("shw_".parse::<ShowId>().is_err());
         assert!("shw_zz".parse::<ShowId>().is_err());
         assert!(id.to_uppercase().parse::<ShowId>().is_err());
+    }
+
+    #[test]
+    fn an_id_has_one_spelling() {
+        // Found by `fuzz/fuzz_targets/token.rs`: upper-case hex parsed to the same id.
+        let id = "shw_0192f0c4a3b27e61a0c3d0e5b0a1c2d3";
+        assert_eq!(id.parse::<ShowId>().unwrap().to_string(), id);
+        for upper in [
+            "shw_0192F0C4A3B27E61A0C3D0E5B0A1C2D3",
+            "shw_0192f0c4a3b27e61a0c3d0e5b0a1c2D3",
+        ] {
+            assert!(upper.parse::<ShowId>().is_err(), "{upper}");
+        }
     }
 
     #[test]
