@@ -48,9 +48,9 @@ fuzz_target!(|data: &[u8]| {
     let event_type = if real_types().any(|t| t == requested) {
         requested
     } else {
-        let pick = requested
-            .bytes()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b)));
+        let pick = requested.bytes().fold(0usize, |h, b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(b))
+        });
         // One in eight unknown names is kept, so UnknownType is exercised too.
         if pick % 8 == 0 {
             requested
@@ -68,15 +68,24 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_eq!(event.event_type(), event_type, "decoded as another type");
-    let _ = event.stream_id(ShowId(Uuid::from_u128(0x0192_f0c4_a3b2_7e61_a0c3_d0e5_b0a1_c2d3)));
+    let _ = event.stream_id(ShowId(Uuid::from_u128(
+        0x0192_f0c4_a3b2_7e61_a0c3_d0e5_b0a1_c2d3,
+    )));
 
     let (stored_type, stored_version, stored) = event.encode();
     assert_eq!(stored_type, event_type);
     assert_eq!(stored_version, SCHEMA_VERSION_CURRENT);
-    assert!(stored.get("type").is_none(), "the type tag leaked into the payload");
+    assert!(
+        stored.get("type").is_none(),
+        "the type tag leaked into the payload"
+    );
     // Through text, as the store keeps it (`jsonb` / `TEXT`).
     let text = serde_json::to_vec(&stored).expect("a payload serializes");
     let stored: Value = serde_json::from_slice(&text).expect("a payload parses back");
     let again = DomainEvent::decode(stored_type, stored_version, &stored);
-    assert_eq!(again.as_ref(), Ok(&event), "the event does not round-trip: {stored}");
+    assert_eq!(
+        again.as_ref(),
+        Ok(&event),
+        "the event does not round-trip: {stored}"
+    );
 });

@@ -41,7 +41,11 @@ where
     if let Ok(id) = s.parse::<Id>() {
         let shown = id.to_string();
         assert_eq!(shown, s, "an id parsed from a non-canonical spelling");
-        assert_eq!(shown.parse::<Id>().ok(), Some(id), "an id does not round-trip");
+        assert_eq!(
+            shown.parse::<Id>().ok(),
+            Some(id),
+            "an id does not round-trip"
+        );
     }
 }
 
@@ -78,7 +82,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(caller.user_id, user_id);
             assert_eq!(caller.roles, roles);
         }
-        Err(_) => assert!(caller.is_none(), "a token for a non-user subject is accepted"),
+        Err(_) => assert!(
+            caller.is_none(),
+            "a token for a non-user subject is accepted"
+        ),
     }
 
     let mut bytes = [0u8; 16];
@@ -95,7 +102,9 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(caller.user_id, user_id);
     assert_eq!(caller.roles, roles);
 
-    let at = data.get(16..18).map_or(0, |b| usize::from(u16::from_le_bytes([b[0], b[1]])));
+    let at = data
+        .get(16..18)
+        .map_or(0, |b| usize::from(u16::from_le_bytes([b[0], b[1]])));
     let at = at % token.len();
     let with = TOKEN_CHARS[usize::from(data.get(18).copied().unwrap_or(0)) % TOKEN_CHARS.len()];
     if token.as_bytes()[at] != with {
