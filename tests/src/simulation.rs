@@ -75,6 +75,8 @@ pub struct SimStats {
     pub restarts: usize,
     pub tickets_issued: usize,
     pub payments: usize,
+    /// Holds of named seats accepted (the mix must reach that path).
+    pub named_holds: usize,
 }
 
 impl SimStats {
@@ -86,6 +88,7 @@ impl SimStats {
         self.restarts += other.restarts;
         self.tickets_issued += other.tickets_issued;
         self.payments += other.payments;
+        self.named_holds += other.named_holds;
     }
 }
 
@@ -191,7 +194,7 @@ enum Op {
 }
 
 fn seat_name(index: u32) -> String {
-    format!("R{}-{}", index / SEATS_PER_ROW, index % SEATS_PER_ROW + 1)
+    format!("S-R{}-{}", index / SEATS_PER_ROW, index % SEATS_PER_ROW + 1)
 }
 
 fn draw_op(rng: &mut StdRng) -> Op {
@@ -437,13 +440,16 @@ impl World {
                 key,
                 selection,
             } => {
+                let named = matches!(selection, Selection::Seats(_));
                 let request = HoldRequest {
                     reservation_id: ReservationId(self.fresh()),
                     user_id: self.users[user],
                     idempotency_key: key.map(|k| format!("key-{k}")),
                     selection,
                 };
-                self.send(Command::Hold(request), "buyer").await?;
+                if self.send(Command::Hold(request), "buyer").await? && named {
+                    self.stats.named_holds += 1;
+                }
             }
             Op::Cancel { pick } => {
                 let held = self

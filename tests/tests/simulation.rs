@@ -37,7 +37,7 @@ async fn a_thousand_seeded_worlds_keep_every_rule() {
         Ok(stats) => {
             println!(
                 "{count} seeds in {:.1}s: {} steps, {} commands accepted, {} refused, {} events, \
-                 {} payments, {} ticket issues, {} crash-restarts",
+                 {} payments, {} ticket issues, {} holds of named seats, {} crash-restarts",
                 started.elapsed().as_secs_f64(),
                 stats.steps,
                 stats.accepted,
@@ -45,10 +45,17 @@ async fn a_thousand_seeded_worlds_keep_every_rule() {
                 stats.events,
                 stats.payments,
                 stats.tickets_issued,
+                stats.named_holds,
                 stats.restarts
             );
             // The mix must reach the paths it is about, or the run proves little.
-            assert!(stats.tickets_issued > 0 && stats.restarts > 0 && stats.refused > 0);
+            assert!(
+                stats.tickets_issued > 0
+                    && stats.restarts > 0
+                    && stats.refused > 0
+                    && stats.named_holds > 0,
+                "{stats:?}"
+            );
         }
         Err(failure) => panic!("{failure}"),
     }
