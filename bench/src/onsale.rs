@@ -70,11 +70,9 @@ pub enum ServerBackend {
     Postgres,
 }
 
+/// Which server a benchmark plays against: one it starts, or one already running.
 #[derive(Debug, Args)]
-pub struct OnsaleArgs {
-    /// Print two earlier `--json` reports side by side (with the change in %) and exit.
-    #[arg(long, num_args = 2, value_names = ["A_JSON", "B_JSON"])]
-    compare: Vec<PathBuf>,
+pub(crate) struct ServerArgs {
     /// Base URL of a running server (`http://host:port`). Without it the bench starts the
     /// `boxoffice` binary itself on a fresh store and stops it at the end.
     #[arg(long)]
@@ -99,6 +97,43 @@ pub struct OnsaleArgs {
     organizer_email: Option<String>,
     #[arg(long)]
     organizer_password: Option<String>,
+}
+
+impl ServerArgs {
+    /// The running server of `--url`, or `None` when the bench starts its own.
+    pub(crate) fn external(&self) -> anyhow::Result<Option<Target>> {
+        self.url
+            .as_deref()
+            .map(|url| {
+                Target::external(
+                    url,
+                    self.organizer_email.clone(),
+                    self.organizer_password.clone(),
+                    self.database_url.clone(),
+                    self.event_chain_key_file.clone(),
+                )
+            })
+            .transpose()
+    }
+
+    /// How to start the server when there is no `--url`.
+    pub(crate) fn spec(&self, paysim_latency_ms: u64) -> ServerSpec {
+        ServerSpec {
+            bin: self.server_bin.clone(),
+            backend: self.backend,
+            database_url: self.database_url.clone(),
+            paysim_latency_ms,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct OnsaleArgs {
+    /// Print two earlier `--json` reports side by side (with the change in %) and exit.
+    #[arg(long, num_args = 2, value_names = ["A_JSON", "B_JSON"])]
+    compare: Vec<PathBuf>,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Seats in the seated sections (rounded up to whole rows).
     #[arg(long, default_value_t = 20_000)]
     seats: u32,
@@ -266,20 +301,11 @@ pub async fn main(args: OnsaleArgs) -> anyhow::Result<()> {
         args.sections > 0 && args.seats_per_row > 0 && args.seats > 0,
         "--seats, --sections and --seats-per-row must be positive"
     );
-    let external = match &args.url {
-        Some(url) => Some(Target::external(
-            url,
-            args.organizer_email.clone(),
-            args.organizer_password.clone(),
-            args.database_url.clone(),
-            args.event_chain_key_file.clone(),
-        )?),
-        None => None,
-    };
+    let external = args.server.external()?;
     let args = &args;
     let (mut report, audit) = against_server(
         external,
-        &args.server_spec(),
+        &args.server.spec(args.paysim_latency_ms),
         args.keep_data,
         |target, _| async move {
             let report = run(args, &target).await?;
@@ -302,15 +328,6 @@ pub async fn main(args: OnsaleArgs) -> anyhow::Result<()> {
 }
 
 impl OnsaleArgs {
-    fn server_spec(&self) -> ServerSpec {
-        ServerSpec {
-            bin: self.server_bin.clone(),
-            backend: self.backend,
-            database_url: self.database_url.clone(),
-            paysim_latency_ms: self.paysim_latency_ms,
-        }
-    }
-
     fn show_spec(&self) -> ShowSpec {
         ShowSpec {
             seats: self.seats,

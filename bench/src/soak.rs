@@ -31,7 +31,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::onsale::{self, Audit, Counters, OpenLoop, ServerBackend, SessionMix, Target};
+use crate::onsale::{self, Audit, Counters, OpenLoop, SessionMix, Target};
 
 /// A run without a big enough show would fill its best rows: the show gets this many
 /// times the seats the checkouts can sell.
@@ -67,33 +67,12 @@ pub struct SoakArgs {
     /// windows is below this many times the first quarter's.
     #[arg(long, default_value_t = 2.0)]
     max_latency_drift: f64,
-    /// Base URL of a running server (`http://host:port`). Without it the bench starts the
-    /// `boxoffice` binary itself on a fresh store and stops it at the end.
-    #[arg(long)]
-    url: Option<String>,
+    #[command(flatten)]
+    server: onsale::ServerArgs,
     /// With `--url`: the server's process id on this machine, for its RSS (without it
     /// there is no memory verdict).
     #[arg(long, requires = "url")]
     server_pid: Option<u32>,
-    /// The server binary to start (default: `boxoffice` next to this binary).
-    #[arg(long)]
-    server_bin: Option<PathBuf>,
-    /// The store of the server the bench starts. `postgres` creates a fresh database on
-    /// the server named by DATABASE_URL.
-    #[arg(long, value_enum, default_value = "sqlite")]
-    backend: ServerBackend,
-    /// With `--backend postgres`: the PostgreSQL server to create a fresh database on.
-    /// With `--url`: the target server's own store, read for the audit (no audit without it).
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: Option<String>,
-    /// With `--url`: the event-chain key file of the target server.
-    #[arg(long)]
-    event_chain_key_file: Option<PathBuf>,
-    /// With `--url`: an organizer's credentials.
-    #[arg(long)]
-    organizer_email: Option<String>,
-    #[arg(long)]
-    organizer_password: Option<String>,
     /// Seats in the seated sections (default: four times what the checkouts can sell,
     /// at least 20,000).
     #[arg(long)]
@@ -370,22 +349,8 @@ pub async fn main(args: SoakArgs) -> anyhow::Result<()> {
         args.buyers
     );
 
-    let external = match &args.url {
-        Some(url) => Some(Target::external(
-            url,
-            args.organizer_email.clone(),
-            args.organizer_password.clone(),
-            args.database_url.clone(),
-            args.event_chain_key_file.clone(),
-        )?),
-        None => None,
-    };
-    let spec = onsale::ServerSpec {
-        bin: args.server_bin.clone(),
-        backend: args.backend,
-        database_url: args.database_url.clone(),
-        paysim_latency_ms: args.paysim_latency_ms,
-    };
+    let external = args.server.external()?;
+    let spec = args.server.spec(args.paysim_latency_ms);
     let show_spec = onsale::ShowSpec {
         seats,
         sections: args.sections,
