@@ -60,7 +60,9 @@ async fn own_reservation(
 ) -> ApiResult<(ShowId, ReservationId)> {
     let not_found = || ApiError::not_found("reservation_not_found", "reservation");
     let id: ReservationId = raw.parse().map_err(|_| not_found())?;
-    let show = app.engine.show_of(id).ok_or_else(not_found)?;
+    let show = crate::cluster::show_of(app, id.0)
+        .await
+        .ok_or_else(not_found)?;
     let owner = app
         .engine
         .query(show, move |s| s.reservation(id).map(|r| r.user_id))

@@ -18,6 +18,9 @@ pub struct ApiError {
     /// Extension members (`errors`, `unavailable`, …).
     pub extra: Map<String, Value>,
     pub retry_after_seconds: Option<u32>,
+    /// The show's owner, when another node owns the show the request is about: the
+    /// forwarding layer sends the request there (`crate::cluster`).
+    pub forward_to: Option<crate::cluster::ForwardTo>,
 }
 
 impl ApiError {
@@ -28,6 +31,7 @@ impl ApiError {
             detail: detail.into(),
             extra: Map::new(),
             retry_after_seconds: None,
+            forward_to: None,
         }
     }
 
@@ -95,6 +99,9 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(forward) = self.forward_to {
+            response.extensions_mut().insert(forward);
         }
         response
     }
@@ -183,6 +190,16 @@ impl From<EngineError> for ApiError {
             }
             EngineError::ShowStopped(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "show_unavailable", detail)
+            }
+            EngineError::NotOwner { show, owner_url } => {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_owner",
+                    "another node owns this show and could not be reached; try again",
+                );
+                e.retry_after_seconds = Some(1);
+                e.forward_to = Some(crate::cluster::ForwardTo { show, owner_url });
+                e
             }
             EngineError::TooLarge(events) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod checkout;
+pub mod cluster;
 pub mod context;
 pub mod error;
 pub mod idempotency;
@@ -26,6 +27,7 @@ pub mod state;
 pub mod stream;
 pub mod views;
 pub mod waitlist;
+pub mod web;
 pub mod webhooks;
 
 use std::future::Future;
@@ -128,6 +130,31 @@ pub struct Config {
     /// `NOTIFY_WEBHOOK_URL`).
     #[arg(long, env = "NOTIFY_WEBHOOK_SECRET", hide_env_values = true)]
     pub notify_webhook_secret: Option<String>,
+    /// Serve the seat-map page from this directory (the repository's `web/`), read on
+    /// each request, instead of the copy built into the binary: for editing the page
+    /// without rebuilding.
+    #[arg(long, env = "WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+    /// This node's id among several on one PostgreSQL (unique per node, stable across
+    /// its restarts). Default: generated once into `<data dir>/node-id`.
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+    /// The base URL other nodes forward this node's shows' commands to. Default:
+    /// `http://<bind address>` (loopback if bound to every interface).
+    #[arg(long, env = "ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// How long a show lease lasts without renewal (PostgreSQL): about the longest a
+    /// dead node's shows wait for another node to take them over.
+    #[arg(long, env = "LEASE_MS", default_value_t = 5_000)]
+    pub lease_ms: u64,
+    /// How often show leases are renewed and expired ones taken over; at most half of
+    /// `--lease-ms`.
+    #[arg(long, env = "RENEW_MS", default_value_t = 1_500)]
+    pub renew_ms: u64,
+    /// Serve reads and run projections only: no write actors, every command goes to the
+    /// node that owns its show (PostgreSQL).
+    #[arg(long, env = "READ_ONLY", default_value_t = false)]
+    pub read_only: bool,
 }
 
 impl Config {
@@ -149,7 +176,63 @@ impl Config {
             notify_email_file: None,
             notify_webhook_url: None,
             notify_webhook_secret: None,
+            web_dir: None,
+            node_id: None,
+            advertise_url: None,
+            lease_ms: 5_000,
+            renew_ms: 1_500,
+            read_only: false,
         }
+    }
+
+    /// Show ownership across nodes: on PostgreSQL every node takes show leases (a single
+    /// node simply owns every show it touches); SQLite is one process and has none.
+    async fn cluster(
+        &self,
+        bound: SocketAddr,
+    ) -> anyhow::Result<Option<Arc<boxoffice_commands::Cluster>>> {
+        let postgres = self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://");
+        if !postgres {
+            anyhow::ensure!(
+                !self.read_only,
+                "--read-only needs PostgreSQL (other nodes to send commands to)"
+            );
+            return Ok(None);
+        }
+        let node_id = match &self.node_id {
+            Some(id) => id.clone(),
+            None => cluster::default_node_id(&self.data_dir)?,
+        };
+        let advertise_url = match &self.advertise_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => {
+                let mut own = bound;
+                if own.ip().is_unspecified() {
+                    own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("http://{own}")
+            }
+        };
+        let config = boxoffice_commands::ClusterConfig {
+            node_id,
+            advertise_url,
+            lease: Duration::from_millis(self.lease_ms),
+            renew: Duration::from_millis(self.renew_ms),
+            read_only: self.read_only,
+        };
+        config.validate().map_err(anyhow::Error::msg)?;
+        tracing::info!(
+            node_id = %config.node_id,
+            advertise_url = %config.advertise_url,
+            lease_ms = self.lease_ms,
+            read_only = self.read_only,
+            "show ownership through PostgreSQL leases"
+        );
+        let leases = boxoffice_store::leases::ShowLeases::connect(&self.database_url).await?;
+        Ok(Some(Arc::new(boxoffice_commands::Cluster::new(
+            leases, config,
+        ))))
     }
 
     /// The token secret: configured, from its file, or generated once into the data
@@ -248,11 +331,19 @@ impl Application {
         config: Config,
         store: Arc<dyn EventStore>,
     ) -> anyhow::Result<Self> {
-        let engine = Engine::new(
+        // Bound first: the advertised URL defaults to the address actually bound.
+        let listener = TcpListener::bind(config.bind).await?;
+        let cluster = config.cluster(listener.local_addr()?).await?;
+        let forwarder = match cluster {
+            Some(_) => Some(cluster::Forwarder::new()?),
+            None => None,
+        };
+        let engine = Engine::with_cluster(
             Arc::clone(&store),
             Arc::new(SystemClock),
             Arc::new(RandomIds),
             EngineConfig::default(),
+            cluster,
         );
         let shows = engine.load_all().await?;
         let seatmaps = SeatMaps::new(Arc::clone(&store));
@@ -269,7 +360,6 @@ impl Application {
             tables.clone(),
         ));
         let auth = Arc::new(Auth::new(&config.jwt_secret()?)?);
-        let listener = TcpListener::bind(config.bind).await?;
 
         // Payments: the provider (the simulator in-process unless configured), its
         // webhooks to this server, and the saga that drives every payment.
@@ -343,6 +433,8 @@ impl Application {
             metrics: metrics::Metrics::new(),
             payments,
             reads,
+            web: Arc::new(web::Assets::new(config.web_dir.clone())),
+            forwarder,
         };
         Ok(Self {
             listener,
@@ -381,7 +473,15 @@ impl Application {
             Arc::clone(&self.state.idempotency),
             stop_rx.clone(),
         ));
-        let follower = tokio::spawn(Arc::clone(&self.state.seatmaps).follow(stop_rx));
+        let follower = tokio::spawn(Arc::clone(&self.state.seatmaps).follow(stop_rx.clone()));
+        // Several nodes: keep this node's show leases, take over shows whose owner is
+        // gone, and index every reservation's show so requests can be forwarded.
+        let ownership = self.state.engine.cluster().is_some().then(|| {
+            (
+                tokio::spawn(Arc::clone(&self.state.engine).run_leases(stop_rx.clone())),
+                tokio::spawn(Arc::clone(&self.state.engine).follow_objects(stop_rx.clone())),
+            )
+        });
         let state = self.state.clone();
         // Resume every payment in flight before taking requests, then re-deliver any
         // webhook stored but not handed over when the process stopped.
@@ -412,6 +512,10 @@ impl Application {
         }
         let _ = stop_tx.send(true);
         let _ = follower.await;
+        if let Some((leases, objects)) = ownership {
+            let _ = leases.await;
+            let _ = objects.await;
+        }
         let _ = upkeep.await;
         let _ = sweeper.await;
         let _ = purger.await;
@@ -472,6 +576,7 @@ pub fn router(state: AppState) -> Router {
     openapi::add_layer_responses(&mut doc);
     openapi::add_links(&mut doc);
     api.merge(openapi::docs_router(doc))
+        .merge(web::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
@@ -491,6 +596,12 @@ pub fn router(state: AppState) -> Router {
             Duration::from_millis(REQUEST_TIMEOUT_MS),
         ))
         .layer(TraceLayer::new_for_http())
+        // Outside the limits, idempotency and the handlers, whose answer it may replace
+        // with the show owner's; inside the request id, which it passes on.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            cluster::layer,
+        ))
         .layer(middleware::from_fn(context::request_id_layer))
         // Outermost, so the time and status include every layer (a timeout's 503 too).
         .layer(middleware::from_fn_with_state(

@@ -407,8 +407,9 @@ pub fn add_layer_responses(doc: &mut OpenApi) {
             add("500", "`internal_error`: a bug in the server.");
             add(
                 "503",
-                "`service_unavailable`, `overloaded`: the server cannot answer now (it is \
-                 starting, stopping, overloaded, or the request timed out); see `Retry-After`.",
+                "`service_unavailable`, `overloaded`, `not_owner`: the server cannot answer \
+                 now (it is starting, stopping, overloaded, the request timed out, or the node \
+                 that owns the show could not be reached); see `Retry-After`.",
             );
             if secured {
                 add(
@@ -565,8 +566,10 @@ pub fn registered_routes<S>(router: &Router<S>) -> Vec<RegisteredRoute> {
 }
 
 /// The routes in `routes` that the document `doc` (as served, in JSON) has no operation
-/// for, leaving out the document's own routes ([`DOC_ROUTES`]). A route that takes every
-/// method (`*`, from `route_service`) is never documented.
+/// for, leaving out the document's own routes ([`DOC_ROUTES`]) and the `GET` routes of
+/// the seat-map page ([`crate::web::PAGE_ROUTES`]: HTML and its assets, which are not
+/// API operations). A route that takes every method (`*`, from `route_service`) is never
+/// documented.
 pub fn undocumented_routes(
     routes: &[RegisteredRoute],
     doc: &serde_json::Value,
@@ -574,6 +577,7 @@ pub fn undocumented_routes(
     routes
         .iter()
         .filter(|r| !DOC_ROUTES.contains(&r.path.as_str()))
+        .filter(|r| !(r.method == "GET" && crate::web::PAGE_ROUTES.contains(&r.path.as_str())))
         .filter(|r| {
             doc["paths"][&r.path][r.method.to_lowercase()]
                 .as_object()
@@ -644,6 +648,34 @@ mod tests {
         let (router, doc) = crate::api().split_for_parts();
         let doc = serde_json::to_value(doc).unwrap();
         assert_eq!(undocumented_routes(&registered_routes(&router), &doc), []);
+    }
+
+    /// The page's routes are left out of the check only as `GET` routes: anything else
+    /// on those paths, and any other path, still has to be documented.
+    #[test]
+    fn only_the_page_get_routes_are_exempt() {
+        let (api, doc) = crate::api().split_for_parts();
+        let doc = serde_json::to_value(doc).unwrap();
+        let state_free: Router<crate::state::AppState> = api;
+        let router = state_free
+            .merge(crate::web::router())
+            .route("/shows/{show_id}", post(ok))
+            .route("/assets2/{file}", get(ok));
+        let mut missing = undocumented_routes(&registered_routes(&router), &doc);
+        missing.sort();
+        assert_eq!(
+            missing,
+            [
+                RegisteredRoute {
+                    method: "GET".into(),
+                    path: "/assets2/{file}".into()
+                },
+                RegisteredRoute {
+                    method: "POST".into(),
+                    path: "/shows/{show_id}".into()
+                },
+            ]
+        );
     }
 
     /// Every member an error can carry is in the `Problem` schema, so a client generated

@@ -31,6 +31,19 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_orders))
         .routes(routes!(get_order))
         .routes(routes!(refund_order))
+        .routes(routes!(ticket_qr))
+}
+
+/// The path parameters naming one ticket of an order.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TicketPath {
+    /// The order's id.
+    #[param(example = "ord_0192f0c4a3b27e61a0c3d0e5b0a1c2d3")]
+    pub order_id: String,
+    /// The ticket's id.
+    #[param(example = "tkt_0192f0c4a3b27e61a0c3d0e5b0a1c2d3")]
+    pub ticket_id: String,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -289,4 +302,57 @@ async fn refund_order(
     }
     let refreshed = visible_order(&app, &caller, &id).await?;
     Ok(axum::Json(OrderView::new(&refreshed)).into_response())
+}
+
+/// A ticket's QR code
+///
+/// The ticket's `code` as a QR code (SVG), for a scanner at the door; whoever may read
+/// the order may read it. The seat-map page shows it with the order.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{order_id}/tickets/{ticket_id}/qr.svg",
+    tag = "orders",
+    operation_id = "ticket_qr",
+    params(TicketPath),
+    security(("bearer_auth" = [])),
+    extensions(("x-roles" = json!(["buyer"]))),
+    responses(
+        (status = 200, description = "The QR code of the ticket's code.", body = String, content_type = "image/svg+xml"),
+        (status = 404, description = "`order_not_found`: no such order, or another buyer's; `ticket_not_found`: the order has no such ticket.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn ticket_qr(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(path): Path<TicketPath>,
+) -> ApiResult<Response> {
+    let order = visible_order(&app, &caller, &path.order_id).await?;
+    let ticket = order
+        .tickets
+        .iter()
+        .find(|t| t.ticket_id.to_string() == path.ticket_id)
+        .ok_or_else(|| ApiError::not_found("ticket_not_found", "ticket"))?;
+    let code = qrcode::QrCode::with_error_correction_level(&ticket.code, qrcode::EcLevel::M)
+        .map_err(|e| {
+            tracing::error!(error = %e, "a ticket code does not fit a QR code");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the ticket code cannot be drawn",
+            )
+        })?;
+    let svg = code
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(160, 160)
+        .quiet_zone(true)
+        .build();
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "image/svg+xml"),
+            // The code is a secret: no shared cache may keep it.
+            (axum::http::header::CACHE_CONTROL, "private, no-store"),
+        ],
+        svg,
+    )
+        .into_response())
 }

@@ -29,6 +29,10 @@ pub struct AppState {
     pub metrics: Metrics,
     pub payments: Payments,
     pub reads: Reads,
+    /// The seat-map page's files.
+    pub web: crate::web::SharedAssets,
+    /// Sends requests about shows other nodes own to them; `None` on a single node.
+    pub forwarder: Option<crate::cluster::Forwarder>,
 }
 
 /// The payment side: the saga, the webhook inbox and the webhook signing secret.

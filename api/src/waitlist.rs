@@ -186,7 +186,9 @@ async fn join(
 async fn locate(app: &AppState, caller: &Caller, raw: &str) -> ApiResult<(ShowId, EntryId)> {
     let not_found = || ApiError::not_found("waitlist_entry_not_found", "waitlist entry");
     let entry: EntryId = raw.parse().map_err(|_| not_found())?;
-    let show = app.engine.show_of_entry(entry).ok_or_else(not_found)?;
+    let show = crate::cluster::show_of(app, entry.0)
+        .await
+        .ok_or_else(not_found)?;
     let owner = app
         .engine
         .query(show, move |s| s.waitlist.entry(entry).map(|e| e.user_id))

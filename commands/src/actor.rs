@@ -10,8 +10,8 @@ use boxoffice_domain::booking::BookingError;
 use boxoffice_domain::reservation::ReservationEvent;
 use boxoffice_domain::{Command, DomainEvent, ReservationId, ShowId, ShowState};
 use boxoffice_store::{
-    AppendBatch, AppendResult, EventMetadata, NewEvent, PendingEvent, StoreError, StoreResult,
-    StreamExpectation,
+    AppendBatch, AppendResult, EventMetadata, Fence, NewEvent, PendingEvent, StoreError,
+    StoreResult, StreamExpectation,
 };
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -109,6 +109,11 @@ pub(crate) struct Actor {
     /// Commands taken from the mailbox that did not fit the batch they arrived in; they
     /// go first into the next one.
     deferred: Vec<Pending>,
+    /// The show lease's epoch every append is fenced with (`None`: no cluster).
+    fence: Option<Fence>,
+    /// An append was refused by the fence: another node owns the show now, and this
+    /// actor only answers "not the owner" until it stops.
+    fenced: bool,
 }
 
 /// Why a show could not be loaded.
@@ -130,13 +135,38 @@ impl Actor {
             loaded: false,
             sales_were_open: false,
             deferred: Vec::new(),
+            fence: None,
+            fenced: false,
+        }
+    }
+
+    /// The error every caller gets once the fence refused this actor's append.
+    fn not_owner(&self) -> EngineError {
+        EngineError::NotOwner {
+            show: self.show,
+            owner_url: None,
         }
     }
 
     pub(crate) async fn run(mut self) {
+        // With several nodes, only the holder of the show's lease runs its actor; the
+        // lease is taken before the load, so the load sees every append of an earlier
+        // owner (a takeover waits for an append in flight under the old epoch).
+        if let Some(cluster) = self.shared.cluster.clone() {
+            match cluster.claim(self.show).await {
+                Ok(epoch) => self.fence = Some(Fence { epoch }),
+                Err(error) => return self.refuse_all(error).await,
+            }
+        }
         if let Err(LoadError::Corrupt(reason)) = self.reload().await {
             self.stop(reason).await;
             return;
+        }
+        if let Some(cluster) = &self.shared.cluster
+            && self.loaded
+            && self.state.show.is_some()
+        {
+            cluster.announce(self.show);
         }
         // Group commit, pipelined: while one batch is being appended, the commands that
         // arrive are decided against the state it leaves and gathered into the next
@@ -146,6 +176,13 @@ impl Actor {
         let mut next = Prepared::default();
         let mut reads: Vec<Read> = Vec::new();
         loop {
+            if self.fenced && in_flight.is_none() {
+                for read in reads.drain(..) {
+                    read(Err(self.not_owner()));
+                }
+                let error = self.not_owner();
+                return self.refuse_all(error).await;
+            }
             if !self.deferred.is_empty() && self.loaded && reads.is_empty() {
                 let deferred = std::mem::take(&mut self.deferred);
                 if in_flight.is_some() {
@@ -270,6 +307,11 @@ impl Actor {
                 for read in late_reads {
                     self.answer_read(read);
                 }
+                if let (Some(cluster), Some(fence)) = (&self.shared.cluster, self.fence)
+                    && self.state.show.is_none()
+                {
+                    cluster.abandon(self.show, fence.epoch).await;
+                }
                 return;
             }
         }
@@ -318,7 +360,9 @@ impl Actor {
 
     /// Answers a read with the committed state, or why there is none.
     fn answer_read(&self, read: Read) {
-        if self.loaded {
+        if self.fenced {
+            read(Err(self.not_owner()));
+        } else if self.loaded {
             read(Ok((&self.state, self.position)));
         } else {
             read(Err(EngineError::Unavailable(
@@ -357,8 +401,34 @@ impl Actor {
         )
     }
 
+    /// This node does not (or no longer) own the show: every caller is told so, with
+    /// the owner if known, and the actor stops. Commands deferred are refused too.
+    async fn refuse_all(&mut self, error: EngineError) {
+        if self.fenced
+            && let (Some(cluster), Some(fence)) = (&self.shared.cluster, self.fence)
+        {
+            cluster.lost(self.show, fence.epoch);
+        }
+        self.mailbox.close();
+        for p in self.deferred.drain(..) {
+            let _ = p.reply.send(Err(error.clone()));
+        }
+        while let Some(message) = self.mailbox.recv().await {
+            match message {
+                Message::Command { reply, .. } => {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                Message::Query(read) => read(Err(error.clone())),
+            }
+        }
+    }
+
     /// The show cannot go on (a corrupt log): every caller is told why, and it stops.
     async fn stop(&mut self, reason: String) {
+        if self.fenced {
+            let error = self.not_owner();
+            return self.refuse_all(error).await;
+        }
         tracing::error!(show = %self.show, %reason, "show actor stopped");
         self.mailbox.close();
         while let Some(message) = self.mailbox.recv().await {
@@ -597,7 +667,8 @@ impl Actor {
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let events = batch.event_count() as u64;
         let store = Arc::clone(&self.shared.store);
-        let task = tokio::spawn(async move { store.append(batch).await });
+        let fence = self.fence;
+        let task = tokio::spawn(async move { store.append_fenced(batch, fence).await });
         Some(InFlight {
             prepared: next,
             events,
@@ -644,6 +715,18 @@ impl Actor {
                     result.last_position,
                 );
                 Settled::Committed
+            }
+            Err(StoreError::Fenced { epoch, .. }) => {
+                // Another node took the show over: nothing of this batch was written, and
+                // this actor must not write again. Its callers go to the new owner.
+                tracing::warn!(show = %self.show, epoch, "append fenced off; the show has a new owner");
+                self.fenced = true;
+                self.loaded = false;
+                let error = self.not_owner();
+                for p in prepared.pending.drain(..) {
+                    let _ = p.reply.send(Err(error.clone()));
+                }
+                Settled::Failed
             }
             Err(StoreError::Conflict { stream_id }) => {
                 // Another writer changed one of our streams: our state is stale.
@@ -707,6 +790,13 @@ impl Actor {
     async fn commit(&mut self, mut pending: Vec<Pending>) -> Result<(), String> {
         let mut conflicts = 0;
         loop {
+            if self.fenced {
+                let error = self.not_owner();
+                for p in pending {
+                    let _ = p.reply.send(Err(error.clone()));
+                }
+                return Ok(());
+            }
             if !self.loaded {
                 let error = match self.reload().await {
                     Ok(()) => None,
@@ -932,7 +1022,7 @@ async fn sleep_or_forever(wait: Option<StdDuration>) {
 
 /// The id under which an event's new object (a reservation, a waitlist entry) is
 /// found by id alone.
-fn indexed_id(event: &DomainEvent) -> Option<Uuid> {
+pub(crate) fn indexed_id(event: &DomainEvent) -> Option<Uuid> {
     match event {
         DomainEvent::Reservation(ReservationEvent::ReservationPlaced {
             reservation_id, ..

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use boxoffice_domain::booking::BookingError;
 use boxoffice_domain::reservation::Reservation;
@@ -13,6 +14,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::actor::{Actor, Message, Read};
+use crate::cluster::Cluster;
 
 /// Bounds of the engine. Every queue and batch has one.
 #[derive(Debug, Clone)]
@@ -96,6 +98,12 @@ pub enum EngineError {
     /// One decision would write more events ({0}) than one append may carry.
     #[error("the command would write {0} events, more than one append may carry")]
     TooLarge(usize),
+    /// Another node runs this show's writer (its URL, if known): send the command there.
+    #[error("show {show} is owned by another node")]
+    NotOwner {
+        show: ShowId,
+        owner_url: Option<String>,
+    },
 }
 
 /// Counters for benchmarks and metrics.
@@ -133,6 +141,8 @@ pub(crate) struct Shared {
     pub stats: EngineStats,
     /// Which show each known reservation and waitlist entry (by UUID) belongs to.
     pub object_shows: RwLock<HashMap<Uuid, ShowId>>,
+    /// Show ownership across nodes; `None`: this engine owns every show it touches.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// The write engine. Cheap to share behind an `Arc`.
@@ -140,6 +150,10 @@ pub struct Engine {
     shared: Arc<Shared>,
     actors: Mutex<HashMap<ShowId, ActorHandle>>,
     shutting_down: std::sync::atomic::AtomicBool,
+    /// The last log position [`Engine::follow_objects`] has indexed.
+    indexed: tokio::sync::watch::Sender<u64>,
+    /// Whether [`Engine::follow_objects`] runs.
+    following: tokio::sync::watch::Sender<bool>,
 }
 
 impl Engine {
@@ -149,6 +163,17 @@ impl Engine {
         ids: Arc<dyn IdSource>,
         config: EngineConfig,
     ) -> Arc<Self> {
+        Self::with_cluster(store, clock, ids, config, None)
+    }
+
+    /// An engine that runs a show's actor only while it holds the show's lease.
+    pub fn with_cluster(
+        store: Arc<dyn EventStore>,
+        clock: Arc<dyn Clock>,
+        ids: Arc<dyn IdSource>,
+        config: EngineConfig,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             shared: Arc::new(Shared {
                 store,
@@ -157,10 +182,18 @@ impl Engine {
                 config,
                 stats: EngineStats::default(),
                 object_shows: RwLock::new(HashMap::new()),
+                cluster,
             }),
             actors: Mutex::new(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            indexed: tokio::sync::watch::channel(0).0,
+            following: tokio::sync::watch::channel(false).0,
         })
+    }
+
+    /// Show ownership, when this engine is one node of several.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.shared.cluster.as_ref()
     }
 
     pub fn stats(&self) -> &EngineStats {
@@ -203,6 +236,8 @@ impl Engine {
                 Err(EngineError::ShowStopped(reason)) => {
                     tracing::error!(%show, %reason, "show not loaded")
                 }
+                // Another node writes it.
+                Err(EngineError::NotOwner { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -277,6 +312,140 @@ impl Engine {
             .copied()
     }
 
+    /// The show a reservation belongs to, waiting (up to `wait`) for the object index to
+    /// catch up with the log when this engine has not seen it: on a node that does not
+    /// own the show, the reservation is known only from the log ([`Engine::follow_objects`]).
+    pub async fn locate(&self, object: Uuid, wait: Duration) -> Option<ShowId> {
+        let known = || {
+            self.shared
+                .object_shows
+                .read()
+                .expect("index lock")
+                .get(&object)
+                .copied()
+        };
+        if let Some(show) = known() {
+            return Some(show);
+        }
+        let mut indexed = self.indexed.subscribe();
+        if !*self.following.borrow() {
+            return None;
+        }
+        let head = self.shared.store.head_position().await.ok()?;
+        let _ = tokio::time::timeout(wait, indexed.wait_for(|at| *at >= head)).await;
+        known()
+    }
+
+    /// Indexes every reservation and waitlist entry in the log by its show, from the start
+    /// and then as the log grows, so that a node finds the show of an object it never
+    /// loaded (to forward a checkout to the show's owner). Runs until `stop`.
+    pub async fn follow_objects(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        const PAGE: usize = 10_000;
+        let store = Arc::clone(&self.shared.store);
+        let mut head = store.subscribe_head();
+        self.following.send_replace(true);
+        let mut after = 0;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            match store.read_all(after, PAGE).await {
+                Ok(events) => {
+                    let mut found = Vec::new();
+                    for recorded in &events {
+                        if !matches!(
+                            recorded.event_type.as_str(),
+                            "ReservationPlaced" | "WaitlistJoined"
+                        ) {
+                            continue;
+                        }
+                        let Ok(show) = recorded.partition_key.parse::<ShowId>() else {
+                            continue;
+                        };
+                        if let Ok(event) = boxoffice_domain::DomainEvent::decode(
+                            &recorded.event_type,
+                            recorded.schema_version,
+                            &recorded.payload,
+                        ) && let Some(id) = crate::actor::indexed_id(&event)
+                        {
+                            found.push((id, show));
+                        }
+                    }
+                    if !found.is_empty() {
+                        let mut index = self.shared.object_shows.write().expect("index lock");
+                        index.extend(found);
+                    }
+                    if let Some(last) = events.last() {
+                        after = last.position;
+                    }
+                    let full = events.len() == PAGE;
+                    self.indexed.send_replace(after);
+                    if full {
+                        continue;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "object index: cannot read the log"),
+            }
+            tokio::select! {
+                _ = head.changed() => {}
+                _ = stop.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Keeps this node's leases: renews them every `renew`, stops the actors of shows
+    /// whose lease another node took, and takes over (loads) shows whose lease expired.
+    /// Runs until `stop`; does nothing without a cluster.
+    pub async fn run_leases(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let Some(cluster) = self.shared.cluster.clone() else {
+            return;
+        };
+        let every = cluster.config().renew;
+        loop {
+            match cluster.renew().await {
+                Ok(lost) => {
+                    for (show, epoch) in lost {
+                        if cluster.lost(show, epoch) {
+                            self.evict(show);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "show leases not renewed"),
+            }
+            match cluster.expired().await {
+                Ok(shows) => {
+                    for show in shows {
+                        if *stop.borrow() || self.shutting_down.load(Ordering::Acquire) {
+                            break;
+                        }
+                        // Loading the show claims its lease (one node wins each) and
+                        // starts its timers; the saga hears of it and resumes payments.
+                        match self.query(show, |_| ()).await {
+                            Ok(()) | Err(EngineError::NotOwner { .. }) => {}
+                            Err(e) => tracing::warn!(%show, error = %e, "takeover failed"),
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot look for expired show leases"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Stops a show's actor (its lease was lost): it finishes the batch it is in, whose
+    /// append the fence refuses.
+    fn evict(&self, show: ShowId) {
+        let handle = self.actors.lock().expect("actors lock").remove(&show);
+        if let Some(handle) = handle {
+            drop(handle.mailbox);
+            tracing::info!(%show, "show actor stopped: its lease went to another node");
+        }
+    }
+
     /// Wakes a show's actor to look at its timers now (tests with a manual clock).
     pub async fn tick(&self, show: ShowId) -> Result<(), EngineError> {
         self.query(show, |_| ()).await
@@ -347,6 +516,10 @@ impl Engine {
         for handle in handles {
             drop(handle.mailbox);
             let _ = handle.task.await;
+        }
+        // Every actor has stopped writing: the shows go to other nodes at once.
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.release_all().await;
         }
     }
 }

@@ -8,7 +8,14 @@
 //! reloads before its next batch. Correctness never rests on there being one actor per
 //! show: the store's expected versions refuse a stale writer.
 
+//!
+//! With several nodes on one PostgreSQL ([`cluster`]), a show's actor runs only on the
+//! node that holds the show's lease, and every append it makes is fenced by the lease's
+//! epoch, so a node that lost the lease cannot write even if its versions match.
+
 mod actor;
+pub mod cluster;
 mod engine;
 
+pub use cluster::{Cluster, ClusterConfig};
 pub use engine::{CommandMeta, Engine, EngineConfig, EngineError, EngineStats, Outcome};

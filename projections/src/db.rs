@@ -476,6 +476,19 @@ impl Session {
     }
 }
 
+/// A list of `count` placeholders for parameters `first`, `first + 1`, …, in the form the
+/// backend binds fastest: `$first, …` on PostgreSQL; on SQLite plain `?`s, which bind in
+/// order, so the parameters before them must be bound in order too (all `?`, or the
+/// statement's `$N` numbering ending at `first - 1`). sqlx binds each `$N` on SQLite by
+/// asking SQLite for the parameter's name, a scan of every named parameter, so a
+/// statement with thousands of `$N`s spends its time there (quadratic); `?` has no name.
+pub fn placeholders_for(backend: Backend, first: usize, count: usize) -> String {
+    match backend {
+        Backend::Postgres => placeholders(first, count),
+        Backend::Sqlite => vec!["?"; count].join(", "),
+    }
+}
+
 /// A `$first, $first+1, …` list of `count` placeholders, for `IN (…)`.
 pub fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)
@@ -492,6 +505,8 @@ mod tests {
     fn placeholders_count_from_the_first() {
         assert_eq!(placeholders(3, 3), "$3, $4, $5");
         assert_eq!(placeholders(1, 0), "");
+        assert_eq!(placeholders_for(Backend::Postgres, 2, 2), "$2, $3");
+        assert_eq!(placeholders_for(Backend::Sqlite, 2, 2), "?, ?");
     }
 
     #[test]

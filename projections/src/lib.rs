@@ -29,6 +29,7 @@ pub mod delivery;
 pub mod notifications;
 pub mod orders;
 pub mod rebuild;
+mod rows;
 pub mod runtime;
 mod shadow;
 

@@ -20,6 +20,8 @@
 //! is sent twice because of a rebuild. Which channels apply is decided when the notification is made; a webhook
 //! added later does not reach older notifications.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use boxoffice_domain::reservation::{Origin, ReservationEvent};
 use boxoffice_domain::waitlist::WaitlistEvent;
@@ -32,9 +34,10 @@ use serde_json::{Value, json};
 
 use crate::ViewError;
 use crate::cursor::Cursor;
-use crate::db::{self, DbRow, Param, Tx, position_param};
+use crate::db::{self, DbRow, Param, Tx, placeholders_for, position_param};
 use crate::delivery::{Channel, NotifyConfig};
 use crate::orders::show_of;
+use crate::rows::{Kind, Record, Rows, Table, rows_per_statement, write_rows};
 use crate::runtime::{Projection, ProjectionError, decode_wanted};
 
 pub const NAME: &str = "notifications";
@@ -137,34 +140,40 @@ fn inconsistent(event: &RecordedEvent, reason: impl Into<String>) -> ProjectionE
     }
 }
 
-/// What the projection remembers of a reservation.
-struct ReservationInfo {
-    user_id: String,
-    currency: String,
-    origin: String,
-    entry_id: Option<String>,
+static ENTRIES: Table = Table {
+    name: "notifications_waitlist_entries",
+    columns: &[
+        ("entry_id", Kind::Text),
+        ("show_id", Kind::Text),
+        ("user_id", Kind::Text),
+    ],
+    key: 1,
+};
+
+static RESERVATIONS: Table = Table {
+    name: "notifications_reservations",
+    columns: &[
+        ("reservation_id", Kind::Text),
+        ("show_id", Kind::Text),
+        ("user_id", Kind::Text),
+        ("currency", Kind::Text),
+        ("origin", Kind::Text),
+        ("entry_id", Kind::OptText),
+    ],
+    key: 1,
+};
+
+const NOTIFICATION_COLUMNS: [&str; 6] = ["id", "user_id", "kind", "created_at", "data", "position"];
+const OUTBOX_COLUMNS: [&str; 4] = ["notification_id", "channel", "attempts", "next_attempt_at"];
+
+/// The rows one batch works on.
+struct Batch {
+    entries: Rows,
+    reservations: Rows,
 }
 
-async fn reservation_info(
-    tx: &mut Tx,
-    event: &RecordedEvent,
-    reservation_id: &str,
-) -> Result<ReservationInfo, ProjectionError> {
-    let row = tx
-        .fetch_optional(
-            "SELECT user_id, currency, origin, entry_id FROM notifications_reservations
-             WHERE reservation_id = $1",
-            &[reservation_id.into()],
-        )
-        .await?
-        .ok_or_else(|| inconsistent(event, format!("{reservation_id} was never placed")))?;
-    Ok(ReservationInfo {
-        user_id: row.text("user_id")?,
-        currency: row.text("currency")?,
-        origin: row.text("origin")?,
-        entry_id: row.opt_text("entry_id")?,
-    })
-}
+/// A notification an event makes: (event, user, kind, data).
+type Made<'e> = (&'e RecordedEvent, String, NotificationKind, Value);
 
 fn origin_str(origin: Origin) -> &'static str {
     match origin {
@@ -194,216 +203,270 @@ impl Projection for NotificationsProjection {
     }
 
     async fn apply(&self, tx: &mut Tx, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        let mut decoded = Vec::new();
+        let (mut entries, mut reservations) = (Vec::new(), Vec::new());
         for event in events {
-            let Some(domain_event) = decode_wanted(event, &TYPES)? else {
+            let Some(e) = decode_wanted(event, &TYPES)? else {
                 continue;
             };
-            if let Some((user_id, kind, data)) = self.remember(tx, event, domain_event).await? {
-                self.notify(tx, event, &user_id, kind, data).await?;
+            match &e {
+                DomainEvent::Waitlist(
+                    WaitlistEvent::WaitlistJoined { entry_id, .. }
+                    | WaitlistEvent::WaitlistOffered { entry_id, .. },
+                ) => entries.push(vec![entry_id.to_string()]),
+                DomainEvent::Reservation(r) => {
+                    reservations.push(vec![r.reservation_id().to_string()])
+                }
+                _ => continue,
+            }
+            decoded.push((event, e));
+        }
+        if decoded.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch {
+            entries: Rows::new(&ENTRIES),
+            reservations: Rows::new(&RESERVATIONS),
+        };
+        batch.entries.load(tx, entries).await?;
+        batch.reservations.load(tx, reservations).await?;
+        let mut made = Vec::new();
+        for (event, e) in decoded {
+            if let Some((user_id, kind, data)) = remember(&mut batch, event, e)? {
+                made.push((event, user_id, kind, data));
             }
         }
-        Ok(())
+        batch.entries.flush(tx).await?;
+        batch.reservations.flush(tx).await?;
+        self.notify(tx, made).await
     }
 }
 
-impl NotificationsProjection {
-    /// Records what later events need, and says which notification this event makes.
-    async fn remember(
-        &self,
-        tx: &mut Tx,
-        event: &RecordedEvent,
-        domain_event: DomainEvent,
-    ) -> Result<Option<(String, NotificationKind, Value)>, ProjectionError> {
-        let show_id = show_of(event)?.to_string();
-        let made = match domain_event {
-            DomainEvent::Waitlist(WaitlistEvent::WaitlistJoined {
-                entry_id, user_id, ..
-            }) => {
-                tx.execute(
-                    "INSERT INTO notifications_waitlist_entries (entry_id, show_id, user_id)
-                     VALUES ($1, $2, $3)",
-                    &[
-                        entry_id.to_string().into(),
-                        show_id.into(),
-                        user_id.to_string().into(),
-                    ],
-                )
-                .await?;
-                None
-            }
-            DomainEvent::Waitlist(WaitlistEvent::WaitlistOffered {
-                entry_id,
-                reservation_id,
-                seats,
-                section,
-                quantity,
-                expires_at,
-            }) => {
-                let row = tx
-                    .fetch_optional(
-                        "SELECT user_id FROM notifications_waitlist_entries WHERE entry_id = $1",
-                        &[entry_id.to_string().into()],
-                    )
-                    .await?
-                    .ok_or_else(|| {
-                        inconsistent(event, format!("offer to {entry_id}, which never joined"))
-                    })?;
-                let data = json!({
-                    "show_id": show_id,
-                    "entry_id": entry_id,
-                    "reservation_id": reservation_id,
-                    "seats": seats,
-                    "section": section,
-                    "quantity": quantity,
-                    "expires_at": expires_at,
-                });
-                Some((row.text("user_id")?, NotificationKind::WaitlistOffer, data))
-            }
-            DomainEvent::Reservation(e) => self.reservation_event(tx, event, show_id, e).await?,
-            _ => None,
-        };
-        Ok(made)
-    }
-
-    async fn reservation_event(
-        &self,
-        tx: &mut Tx,
-        event: &RecordedEvent,
-        show_id: String,
-        e: ReservationEvent,
-    ) -> Result<Option<(String, NotificationKind, Value)>, ProjectionError> {
-        let reservation_id = e.reservation_id().to_string();
-        if let ReservationEvent::ReservationPlaced {
-            user_id,
-            currency,
-            origin,
-            entry_id,
-            ..
-        } = &e
-        {
-            tx.execute(
-                "INSERT INTO notifications_reservations (reservation_id, show_id, user_id, currency, origin, entry_id)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-                &[
-                    reservation_id.into(),
+/// Records what later events need, and says which notification this event makes.
+fn remember(
+    batch: &mut Batch,
+    event: &RecordedEvent,
+    domain_event: DomainEvent,
+) -> Result<Option<(String, NotificationKind, Value)>, ProjectionError> {
+    let show_id = show_of(event)?.to_string();
+    let made = match domain_event {
+        DomainEvent::Waitlist(WaitlistEvent::WaitlistJoined {
+            entry_id, user_id, ..
+        }) => {
+            let added = batch.entries.insert(Record::new(
+                &ENTRIES,
+                vec![
+                    entry_id.to_string().into(),
                     show_id.into(),
                     user_id.to_string().into(),
-                    currency.clone().into(),
-                    origin_str(*origin).into(),
-                    entry_id.map(|e| e.to_string()).into(),
                 ],
-            )
-            .await?;
-            return Ok(None);
+            ));
+            if !added {
+                return Err(inconsistent(event, format!("{entry_id} joined twice")));
+            }
+            None
         }
-        let info = reservation_info(tx, event, &reservation_id).await?;
-        let (kind, data) = match e {
-            ReservationEvent::TicketsIssued {
-                order_id, tickets, ..
-            } => (
-                NotificationKind::OrderConfirmed,
-                json!({
-                    "show_id": show_id,
-                    "reservation_id": reservation_id,
-                    "order_id": order_id,
-                    "ticket_count": tickets.len(),
-                }),
-            ),
-            ReservationEvent::RefundIssued {
-                order_id, amount, ..
-            } => (
-                NotificationKind::OrderRefunded,
-                json!({
-                    "show_id": show_id,
-                    "reservation_id": reservation_id,
-                    "order_id": order_id,
-                    "amount": {"amount": amount.to_string(), "currency": info.currency},
-                }),
-            ),
-            ReservationEvent::HoldExpired { .. } => (
-                NotificationKind::HoldExpired,
-                json!({
-                    "show_id": show_id,
-                    "reservation_id": reservation_id,
-                    "origin": info.origin,
-                    "from_waitlist_offer": info.origin == "waitlist",
-                    "entry_id": info.entry_id,
-                }),
-            ),
-            ReservationEvent::PaymentFailed {
-                payment_id, reason, ..
-            } => (
-                NotificationKind::PaymentFailed,
-                json!({
-                    "show_id": show_id,
-                    "reservation_id": reservation_id,
-                    "payment_id": payment_id,
-                    "reason": reason,
-                }),
-            ),
-            ReservationEvent::PaymentTimedOut { payment_id, .. } => (
-                NotificationKind::PaymentTimedOut,
-                json!({
-                    "show_id": show_id,
-                    "reservation_id": reservation_id,
-                    "payment_id": payment_id,
-                }),
-            ),
-            _ => return Ok(None),
-        };
-        Ok(Some((info.user_id, kind, data)))
-    }
+        DomainEvent::Waitlist(WaitlistEvent::WaitlistOffered {
+            entry_id,
+            reservation_id,
+            seats,
+            section,
+            quantity,
+            expires_at,
+        }) => {
+            let user_id = batch
+                .entries
+                .get(&[entry_id.to_string()])
+                .ok_or_else(|| {
+                    inconsistent(event, format!("offer to {entry_id}, which never joined"))
+                })?
+                .text("user_id")
+                .to_owned();
+            let data = json!({
+                "show_id": show_id,
+                "entry_id": entry_id,
+                "reservation_id": reservation_id,
+                "seats": seats,
+                "section": section,
+                "quantity": quantity,
+                "expires_at": expires_at,
+            });
+            Some((user_id, NotificationKind::WaitlistOffer, data))
+        }
+        DomainEvent::Reservation(e) => reservation_event(batch, event, show_id, e)?,
+        _ => None,
+    };
+    Ok(made)
+}
 
-    async fn notify(
-        &self,
-        tx: &mut Tx,
-        event: &RecordedEvent,
-        user_id: &str,
-        kind: NotificationKind,
-        data: Value,
-    ) -> Result<(), ProjectionError> {
-        let id = notification_id(event);
-        tx.execute(
-            "INSERT INTO notifications (id, user_id, kind, created_at, data, position)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            &[
-                id.clone().into(),
+fn reservation_event(
+    batch: &mut Batch,
+    event: &RecordedEvent,
+    show_id: String,
+    e: ReservationEvent,
+) -> Result<Option<(String, NotificationKind, Value)>, ProjectionError> {
+    let reservation_id = e.reservation_id().to_string();
+    if let ReservationEvent::ReservationPlaced {
+        user_id,
+        currency,
+        origin,
+        entry_id,
+        ..
+    } = &e
+    {
+        let added = batch.reservations.insert(Record::new(
+            &RESERVATIONS,
+            vec![
+                reservation_id.clone().into(),
+                show_id.into(),
+                user_id.to_string().into(),
+                currency.clone().into(),
+                origin_str(*origin).into(),
+                Param::OptText(entry_id.map(|e| e.to_string())),
+            ],
+        ));
+        if !added {
+            return Err(inconsistent(
+                event,
+                format!("{reservation_id} placed twice"),
+            ));
+        }
+        return Ok(None);
+    }
+    let info = batch
+        .reservations
+        .get(std::slice::from_ref(&reservation_id))
+        .ok_or_else(|| inconsistent(event, format!("{reservation_id} was never placed")))?;
+    let origin = info.text("origin");
+    let (kind, data) = match e {
+        ReservationEvent::TicketsIssued {
+            order_id, tickets, ..
+        } => (
+            NotificationKind::OrderConfirmed,
+            json!({
+                "show_id": show_id,
+                "reservation_id": reservation_id,
+                "order_id": order_id,
+                "ticket_count": tickets.len(),
+            }),
+        ),
+        ReservationEvent::RefundIssued {
+            order_id, amount, ..
+        } => (
+            NotificationKind::OrderRefunded,
+            json!({
+                "show_id": show_id,
+                "reservation_id": reservation_id,
+                "order_id": order_id,
+                "amount": {"amount": amount.to_string(), "currency": info.text("currency")},
+            }),
+        ),
+        ReservationEvent::HoldExpired { .. } => (
+            NotificationKind::HoldExpired,
+            json!({
+                "show_id": show_id,
+                "reservation_id": reservation_id,
+                "origin": origin,
+                "from_waitlist_offer": origin == "waitlist",
+                "entry_id": info.opt_text("entry_id"),
+            }),
+        ),
+        ReservationEvent::PaymentFailed {
+            payment_id, reason, ..
+        } => (
+            NotificationKind::PaymentFailed,
+            json!({
+                "show_id": show_id,
+                "reservation_id": reservation_id,
+                "payment_id": payment_id,
+                "reason": reason,
+            }),
+        ),
+        ReservationEvent::PaymentTimedOut { payment_id, .. } => (
+            NotificationKind::PaymentTimedOut,
+            json!({
+                "show_id": show_id,
+                "reservation_id": reservation_id,
+                "payment_id": payment_id,
+            }),
+        ),
+        _ => return Ok(None),
+    };
+    Ok(Some((info.text("user_id").to_owned(), kind, data)))
+}
+
+impl NotificationsProjection {
+    /// Inserts the batch's notifications and their outbox rows.
+    async fn notify(&self, tx: &mut Tx, made: Vec<Made<'_>>) -> Result<(), ProjectionError> {
+        if made.is_empty() {
+            return Ok(());
+        }
+        // The users, among those notified, with a webhook of their own.
+        let mut hooked: HashSet<String> = HashSet::new();
+        if !self.global_webhook {
+            let mut users: Vec<&str> = made.iter().map(|(_, user, _, _)| user.as_str()).collect();
+            users.sort_unstable();
+            users.dedup();
+            for chunk in users.chunks(rows_per_statement(1)) {
+                let rows = tx
+                    .fetch_all(
+                        &format!(
+                            "SELECT user_id FROM notification_webhooks WHERE user_id IN ({})",
+                            placeholders_for(tx.backend(), 1, chunk.len())
+                        ),
+                        &chunk.iter().map(|u| Param::from(*u)).collect::<Vec<_>>(),
+                    )
+                    .await?;
+                for row in rows {
+                    hooked.insert(row.text("user_id")?);
+                }
+            }
+        }
+        let mut notifications = Vec::with_capacity(made.len());
+        let mut outbox = Vec::new();
+        for (event, user_id, kind, data) in made {
+            let id = notification_id(event);
+            let mut channels = Vec::with_capacity(2);
+            if self.email {
+                channels.push(Channel::EmailFile);
+            }
+            if self.global_webhook || hooked.contains(&user_id) {
+                channels.push(Channel::Webhook);
+            }
+            for channel in channels {
+                // Due at once: the event's time is in the past by the time this commits.
+                outbox.push(vec![
+                    id.clone().into(),
+                    channel.as_str().into(),
+                    Param::Int(0),
+                    event.recorded_at.into(),
+                ]);
+            }
+            notifications.push(vec![
+                id.into(),
                 user_id.into(),
                 kind.as_str().into(),
                 event.recorded_at.into(),
                 data.into(),
                 position_param(event.position),
-            ],
+            ]);
+        }
+        write_rows(
+            tx,
+            "notifications",
+            &NOTIFICATION_COLUMNS,
+            notifications,
+            "",
         )
         .await?;
-        let mut channels = Vec::with_capacity(2);
-        if self.email {
-            channels.push(Channel::EmailFile);
-        }
-        let webhook = self.global_webhook
-            || tx
-                .fetch_optional(
-                    "SELECT 1 AS present FROM notification_webhooks WHERE user_id = $1",
-                    &[user_id.into()],
-                )
-                .await?
-                .is_some();
-        if webhook {
-            channels.push(Channel::Webhook);
-        }
-        for channel in channels {
-            // Due at once: the event's time is in the past by the time this commits.
-            tx.execute(
-                "INSERT INTO notification_outbox (notification_id, channel, attempts, next_attempt_at)
-                 VALUES ($1, $2, 0, $3) ON CONFLICT (notification_id, channel) DO NOTHING",
-                &[
-                    id.clone().into(),
-                    channel.as_str().into(),
-                    event.recorded_at.into(),
-                ],
-            )
-            .await?;
-        }
+        write_rows(
+            tx,
+            "notification_outbox",
+            &OUTBOX_COLUMNS,
+            outbox,
+            "ON CONFLICT (notification_id, channel) DO NOTHING",
+        )
+        .await?;
         Ok(())
     }
 }

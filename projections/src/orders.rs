@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::ViewError;
 use crate::cursor::Cursor;
 use crate::db::{self, DbRow, Param, Tx, placeholders, position_param};
+use crate::rows::{Kind, Record, Rows, Table, write_rows};
 use crate::runtime::{Projection, ProjectionError, decode_wanted};
 
 pub const NAME: &str = "orders";
@@ -56,6 +57,55 @@ pub(crate) fn show_of(event: &RecordedEvent) -> Result<ShowId, ProjectionError> 
         .map_err(|_| inconsistent(event, "partition key is not a show id"))
 }
 
+static RESERVATIONS: Table = Table {
+    name: "orders_reservations",
+    columns: &[
+        ("reservation_id", Kind::Text),
+        ("show_id", Kind::Text),
+        ("user_id", Kind::Text),
+        ("currency", Kind::Text),
+        ("total_minor", Kind::Int),
+        ("captured_minor", Kind::OptInt),
+        ("captured_at", Kind::OptTime),
+    ],
+    key: 1,
+};
+
+static ORDERS: Table = Table {
+    name: "orders",
+    columns: &[
+        ("order_id", Kind::Text),
+        ("reservation_id", Kind::Text),
+        ("show_id", Kind::Text),
+        ("user_id", Kind::Text),
+        ("status", Kind::Text),
+        ("total_minor", Kind::Int),
+        ("currency", Kind::Text),
+        ("paid_at", Kind::Time),
+        ("refunded_at", Kind::OptTime),
+        ("position", Kind::Int),
+    ],
+    key: 1,
+};
+
+const TICKET_COLUMNS: [&str; 8] = [
+    "ticket_id",
+    "order_id",
+    "show_id",
+    "reservation_id",
+    "seat",
+    "section",
+    "code",
+    "ordinal",
+];
+
+/// The rows one batch works on; tickets are only ever added.
+struct Batch {
+    reservations: Rows,
+    orders: Rows,
+    tickets: Vec<Vec<Param>>,
+}
+
 #[async_trait]
 impl Projection for OrdersProjection {
     fn name(&self) -> &'static str {
@@ -71,18 +121,55 @@ impl Projection for OrdersProjection {
     }
 
     async fn apply(&self, tx: &mut Tx, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        let mut decoded = Vec::new();
+        let (mut reservations, mut orders) = (Vec::new(), Vec::new());
         for event in events {
             let Some(DomainEvent::Reservation(e)) = decode_wanted(event, &TYPES)? else {
                 continue;
             };
-            apply_one(tx, event, e).await?;
+            match &e {
+                ReservationEvent::ReservationPlaced { reservation_id, .. }
+                | ReservationEvent::PaymentCaptured { reservation_id, .. } => {
+                    reservations.push(vec![reservation_id.to_string()]);
+                }
+                ReservationEvent::TicketsIssued {
+                    reservation_id,
+                    order_id,
+                    ..
+                } => {
+                    reservations.push(vec![reservation_id.to_string()]);
+                    orders.push(vec![order_id.to_string()]);
+                }
+                ReservationEvent::RefundIssued { order_id, .. } => {
+                    orders.push(vec![order_id.to_string()]);
+                }
+                _ => continue,
+            }
+            decoded.push((event, e));
         }
+        if decoded.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch {
+            reservations: Rows::new(&RESERVATIONS),
+            orders: Rows::new(&ORDERS),
+            tickets: Vec::new(),
+        };
+        batch.reservations.load(tx, reservations).await?;
+        batch.orders.load(tx, orders).await?;
+        for (event, e) in decoded {
+            apply_one(&mut batch, event, e)?;
+        }
+        batch.reservations.flush(tx).await?;
+        // Tickets refer to their order.
+        batch.orders.flush(tx).await?;
+        write_rows(tx, "tickets", &TICKET_COLUMNS, batch.tickets, "").await?;
         Ok(())
     }
 }
 
-async fn apply_one(
-    tx: &mut Tx,
+fn apply_one(
+    batch: &mut Batch,
     event: &RecordedEvent,
     e: ReservationEvent,
 ) -> Result<(), ProjectionError> {
@@ -95,41 +182,38 @@ async fn apply_one(
             ..
         } => {
             let show = show_of(event)?;
-            tx.execute(
-                "INSERT INTO orders_reservations (reservation_id, show_id, user_id, currency, total_minor)
-                 VALUES ($1, $2, $3, $4, $5)",
-                &[
+            let added = batch.reservations.insert(Record::new(
+                &RESERVATIONS,
+                vec![
                     reservation_id.to_string().into(),
                     show.to_string().into(),
                     user_id.to_string().into(),
                     currency.into(),
                     total.0.into(),
+                    Param::OptInt(None),
+                    Param::OptTime(None),
                 ],
-            )
-            .await?;
+            ));
+            if !added {
+                return Err(inconsistent(
+                    event,
+                    format!("reservation {reservation_id} placed twice"),
+                ));
+            }
         }
         ReservationEvent::PaymentCaptured {
             reservation_id,
             amount,
             ..
         } => {
-            let updated = tx
-                .execute(
-                    "UPDATE orders_reservations SET captured_minor = $2, captured_at = $3
-                     WHERE reservation_id = $1",
-                    &[
-                        reservation_id.to_string().into(),
-                        amount.0.into(),
-                        event.recorded_at.into(),
-                    ],
-                )
-                .await?;
-            if updated != 1 {
+            let Some(row) = batch.reservations.get_mut(&[reservation_id.to_string()]) else {
                 return Err(inconsistent(
                     event,
                     format!("payment captured for {reservation_id}, which was never placed"),
                 ));
-            }
+            };
+            row.set("captured_minor", amount.0);
+            row.set("captured_at", event.recorded_at);
         }
         ReservationEvent::TicketsIssued {
             reservation_id,
@@ -137,71 +221,66 @@ async fn apply_one(
             tickets,
             ..
         } => {
-            let row = tx
-                .fetch_optional(
-                    "SELECT show_id, user_id, currency, total_minor, captured_minor, captured_at
-                     FROM orders_reservations WHERE reservation_id = $1",
-                    &[reservation_id.to_string().into()],
-                )
-                .await?
+            let row = batch
+                .reservations
+                .get(&[reservation_id.to_string()])
                 .ok_or_else(|| {
                     inconsistent(
                         event,
                         format!("tickets issued for {reservation_id}, which was never placed"),
                     )
                 })?;
-            let show_id = row.text("show_id")?;
+            let show_id = row.text("show_id").to_owned();
             let total = row
-                .opt_int("captured_minor")?
-                .unwrap_or(row.int("total_minor")?);
-            let paid_at = row.opt_time("captured_at")?.unwrap_or(event.recorded_at);
-            tx.execute(
-                "INSERT INTO orders (order_id, reservation_id, show_id, user_id, status, total_minor,
-                                     currency, paid_at, refunded_at, position)
-                 VALUES ($1, $2, $3, $4, 'paid', $5, $6, $7, NULL, $8)",
-                &[
+                .opt_int("captured_minor")
+                .unwrap_or(row.int("total_minor"));
+            let paid_at = row.opt_time("captured_at").unwrap_or(event.recorded_at);
+            let order = Record::new(
+                &ORDERS,
+                vec![
                     order_id.to_string().into(),
                     reservation_id.to_string().into(),
                     show_id.clone().into(),
-                    row.text("user_id")?.into(),
+                    row.text("user_id").into(),
+                    "paid".into(),
                     total.into(),
-                    row.text("currency")?.into(),
+                    row.text("currency").into(),
                     paid_at.into(),
+                    Param::OptTime(None),
                     position_param(event.position),
                 ],
-            )
-            .await?;
+            );
+            if !batch.orders.insert(order) {
+                return Err(inconsistent(
+                    event,
+                    format!("order {order_id} issued twice"),
+                ));
+            }
             for (ordinal, ticket) in tickets.iter().enumerate() {
-                tx.execute(
-                    "INSERT INTO tickets (ticket_id, order_id, show_id, reservation_id, seat, section, code, ordinal)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    &[
-                        ticket.ticket_id.to_string().into(),
-                        order_id.to_string().into(),
-                        show_id.clone().into(),
-                        reservation_id.to_string().into(),
-                        ticket.seat.clone().into(),
-                        ticket.section.clone().into(),
-                        ticket.code.clone().into(),
-                        (ordinal as i64).into(),
-                    ],
-                )
-                .await?;
+                batch.tickets.push(vec![
+                    ticket.ticket_id.to_string().into(),
+                    order_id.to_string().into(),
+                    show_id.clone().into(),
+                    reservation_id.to_string().into(),
+                    ticket.seat.clone().into(),
+                    ticket.section.clone().into(),
+                    ticket.code.clone().into(),
+                    (ordinal as i64).into(),
+                ]);
             }
         }
         ReservationEvent::RefundIssued { order_id, .. } => {
-            let updated = tx
-                .execute(
-                    "UPDATE orders SET status = 'refunded', refunded_at = $2
-                     WHERE order_id = $1 AND status = 'paid'",
-                    &[order_id.to_string().into(), event.recorded_at.into()],
-                )
-                .await?;
-            if updated != 1 {
-                return Err(inconsistent(
-                    event,
-                    format!("refund of {order_id}, which is not a paid order"),
-                ));
+            match batch.orders.get_mut(&[order_id.to_string()]) {
+                Some(row) if row.text("status") == "paid" => {
+                    row.set("status", "refunded");
+                    row.set("refunded_at", event.recorded_at);
+                }
+                _ => {
+                    return Err(inconsistent(
+                        event,
+                        format!("refund of {order_id}, which is not a paid order"),
+                    ));
+                }
             }
         }
         _ => {}

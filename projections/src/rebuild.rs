@@ -46,6 +46,9 @@ pub struct RebuildReport {
     /// The log position the swapped-in read model reflects.
     pub position: u64,
     pub elapsed: Duration,
+    /// Of `elapsed`, the final transaction: applying the log's tail and copying the shadow
+    /// tables over the real ones.
+    pub swap: Duration,
 }
 
 impl RebuildReport {
@@ -242,6 +245,7 @@ async fn build_and_swap(
     }
 
     // The swap. While the checkpoint is locked nobody applies a batch to the real tables.
+    let swap_started = Instant::now();
     let mut tx = shadow.begin().await?;
     let stored_position = match lock_checkpoint(&mut tx, name).await? {
         Some((stored_version, stored_position)) if stored_version == held_version => {
@@ -300,6 +304,7 @@ async fn build_and_swap(
         events: applied,
         position,
         elapsed: started.elapsed(),
+        swap: swap_started.elapsed(),
     };
     tracing::info!(
         projection = name,

@@ -24,6 +24,10 @@ use crate::runtime::ProjectionError;
 
 use boxoffice_store::tables::TablePool;
 
+/// The most local buffer memory (PostgreSQL's `temp_buffers`) a rebuild's session may use
+/// for its shadow tables.
+const SHADOW_TEMP_BUFFERS_MB: u32 = 1024;
+
 /// One table of a projection whose rows differ from a replay of the log.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TableDrift {
@@ -94,6 +98,18 @@ impl Shadow {
         tables: &'static [&'static str],
     ) -> Result<Self, ProjectionError> {
         let session = Session::open(pool).await?;
+        if session.backend() == Backend::Postgres {
+            // TEMP tables live in the session's local buffers, 8 MB by default: beyond that
+            // every page goes through a temporary file, which made a rebuild of a
+            // million-event log mostly file I/O. Allocated as used, and only before the
+            // session's first TEMP table is touched, which is now.
+            session
+                .execute(
+                    &format!("SET temp_buffers = '{SHADOW_TEMP_BUFFERS_MB}MB'"),
+                    &[],
+                )
+                .await?;
+        }
         let mut homes = Vec::with_capacity(tables.len());
         for table in tables {
             let home = match session.backend() {

@@ -130,11 +130,43 @@ impl PaymentSaga {
     /// Resumes every payment in flight and every refund a cancelled show still owes,
     /// then follows the log. Call after the engine has loaded.
     pub async fn start(self: &Arc<Self>) {
+        // Subscribed before the resume, so that no show taken over meanwhile is missed.
+        let acquired = self.engine.cluster().map(|c| c.subscribe_acquired());
         let resumed = self.resume().await;
         tracing::info!(resumed, "payment saga started");
         let saga = Arc::clone(self);
         let task = tokio::spawn(async move { saga.follow().await });
         *self.follower.lock().expect("follower lock") = Some(task);
+        if let Some(acquired) = acquired {
+            tokio::spawn(Arc::clone(self).resume_taken_over(acquired));
+        }
+    }
+
+    /// With several nodes: a show this node takes over (its owner died, was cut off or
+    /// shut down) has its payments in flight resumed here, as at a restart.
+    async fn resume_taken_over(
+        self: Arc<Self>,
+        mut acquired: tokio::sync::broadcast::Receiver<ShowId>,
+    ) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            let show = tokio::select! {
+                show = acquired.recv() => show,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match show {
+                Ok(show) => {
+                    let resumed = self.resume_show(show).await;
+                    if resumed > 0 {
+                        tracing::info!(%show, resumed, "payment saga: payments of a show taken over resumed");
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    self.resume().await;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
     }
 
     /// Stops following and tells every run to stop; whatever is in flight resumes on
@@ -224,6 +256,17 @@ impl PaymentSaga {
             let Ok(show) = partition.parse::<ShowId>() else {
                 continue;
             };
+            resumed += self.resume_show(show).await;
+        }
+        resumed
+    }
+
+    /// Starts a run for every payment in flight of one show (and its refunds if it was
+    /// cancelled); returns how many payment runs started. Nothing for a show this node
+    /// does not own.
+    async fn resume_show(self: &Arc<Self>, show: ShowId) -> usize {
+        let mut resumed = 0;
+        {
             let found = self
                 .engine
                 .query(show, |state| {
@@ -238,7 +281,7 @@ impl PaymentSaga {
                 })
                 .await;
             let Ok((cancelled, paying)) = found else {
-                continue;
+                return 0;
             };
             for reservation in paying {
                 self.begin(show, reservation);
@@ -356,7 +399,12 @@ impl PaymentSaga {
                     _ => Step::Stop,
                 },
                 Ok((None, _)) => Step::Stop,
-                Err(EngineError::ShuttingDown | EngineError::ShowStopped(_)) => Step::Stop,
+                // Another node owns the show: its saga drives the payment.
+                Err(
+                    EngineError::ShuttingDown
+                    | EngineError::ShowStopped(_)
+                    | EngineError::NotOwner { .. },
+                ) => Step::Stop,
                 Err(e) => {
                     tracing::warn!(%reservation, error = %e, "payment saga: cannot read the reservation");
                     Step::Retry
@@ -413,7 +461,9 @@ impl PaymentSaga {
                     return;
                 }
                 Err(RefundError::Engine(
-                    EngineError::ShuttingDown | EngineError::ShowStopped(_),
+                    EngineError::ShuttingDown
+                    | EngineError::ShowStopped(_)
+                    | EngineError::NotOwner { .. },
                 )) => {
                     return;
                 }
@@ -800,7 +850,11 @@ impl PaymentSettler {
                 tracing::error!(%show, error = %e, "payment saga command refused");
                 Step::Stop
             }
-            Err(EngineError::ShuttingDown | EngineError::ShowStopped(_)) => Step::Stop,
+            Err(
+                EngineError::ShuttingDown
+                | EngineError::ShowStopped(_)
+                | EngineError::NotOwner { .. },
+            ) => Step::Stop,
             Err(e) => {
                 tracing::warn!(%show, error = %e, "payment saga command failed; retrying");
                 Step::Retry

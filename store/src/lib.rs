@@ -19,6 +19,7 @@ use tokio::sync::watch;
 pub mod chain;
 mod common;
 pub mod idempotency;
+pub mod leases;
 pub mod postgres;
 pub mod sqlite;
 pub mod tables;
@@ -118,6 +119,16 @@ impl AppendBatch {
     }
 }
 
+/// A fencing token: the epoch of the show lease under which a node writes the show
+/// (`docs/adr/0009-show-ownership.md`). An append that carries one commits only while the
+/// partition's lease still has this epoch; a node that lost its lease (it was paused or
+/// cut off past its expiry and another node took the show over) gets
+/// [`StoreError::Fenced`] and nothing is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub epoch: u64,
+}
+
 /// What a successful append committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendResult {
@@ -150,6 +161,10 @@ pub enum StoreError {
     /// A stream was not at its expected version: another writer got there first.
     #[error("version conflict on stream {stream_id}")]
     Conflict { stream_id: String },
+    /// The append carried a fence whose epoch is no longer the partition's lease epoch:
+    /// another node owns the show now. Nothing was written.
+    #[error("append fenced off: partition {partition_key} is no longer leased at epoch {epoch}")]
+    Fenced { partition_key: String, epoch: u64 },
     /// The batch is malformed (empty, too large, a stream named twice, …).
     #[error("invalid append: {0}")]
     InvalidAppend(String),
@@ -179,6 +194,23 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Appends all events of all streams atomically, or nothing.
     async fn append(&self, batch: AppendBatch) -> StoreResult<AppendResult>;
+
+    /// Like [`EventStore::append`], and with a fence, only while the partition's show
+    /// lease still has the fence's epoch (checked in the append's own transaction), else
+    /// [`StoreError::Fenced`]. Only PostgreSQL has leases; the default refuses a fence.
+    async fn append_fenced(
+        &self,
+        batch: AppendBatch,
+        fence: Option<Fence>,
+    ) -> StoreResult<AppendResult> {
+        match fence {
+            None => self.append(batch).await,
+            Some(_) => Err(StoreError::InvalidAppend(format!(
+                "the {} backend has no show leases to fence appends with",
+                self.backend()
+            ))),
+        }
+    }
 
     /// All events of one stream, in version order, with `version > after_version`.
     async fn read_stream(

@@ -25,7 +25,7 @@ use crate::common::{
     decode_link, decode_metadata, decode_position, decode_stored_position, decode_version,
     expected_version_i64, planned_events, read_limit, require_key, saturating_i64, validate,
 };
-use crate::{AppendBatch, AppendResult, EventStore, RecordedEvent, StoreError, StoreResult};
+use crate::{AppendBatch, AppendResult, EventStore, Fence, RecordedEvent, StoreError, StoreResult};
 
 /// The channel every committed append notifies, with its last position as the payload.
 pub const NOTIFY_CHANNEL: &str = "boxoffice_events";
@@ -89,8 +89,12 @@ LIMIT 1";
 /// itself fail on `events_stream_version_key`, which is mapped to the same conflict. One
 /// index probe per existing stream, none for new ones. `chain`: the partition's newest
 /// link, which this batch's chain continues (one backward probe of the partition index).
+/// `lease_epoch`: with a fence (`$4` not null), the show lease's epoch, read FOR SHARE so
+/// that a takeover (which updates the row) waits until this append has committed or
+/// rolled back, and every append after a takeover sees the new epoch.
 const PREPARE_SQL: &str = "\
 SELECT
+  (SELECT l.epoch FROM show_leases l WHERE $4::bigint IS NOT NULL AND l.show_id = $3 FOR SHARE) AS lease_epoch,
   (SELECT s.stream_id
    FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS s(stream_id, expected, ord)
    WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = s.stream_id AND e.version = s.expected)
@@ -191,7 +195,11 @@ impl PgEventStore {
         })
     }
 
-    async fn append_locked(&self, batch: &AppendBatch) -> StoreResult<AppendResult> {
+    async fn append_locked(
+        &self,
+        batch: &AppendBatch,
+        fence: Option<Fence>,
+    ) -> StoreResult<AppendResult> {
         let mut stream_ids = Vec::with_capacity(batch.streams.len());
         let mut expected = Vec::with_capacity(batch.streams.len());
         let key = require_key(&self.chain_key)?;
@@ -220,7 +228,8 @@ impl PgEventStore {
         let prepare = sqlx::query(PREPARE_SQL)
             .bind(&existing_ids)
             .bind(&existing_expected)
-            .bind(&batch.partition_key);
+            .bind(&batch.partition_key)
+            .bind(fence.map(|f| saturating_i64(f.epoch)));
 
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
         let lock_requested = Instant::now();
@@ -231,6 +240,18 @@ impl PgEventStore {
         let lock_acquired = Instant::now();
 
         let prepared = prepare.fetch_one(&mut *tx).await.map_err(unavailable)?;
+        if let Some(fence) = fence {
+            let lease_epoch = prepared
+                .try_get::<Option<i64>, _>("lease_epoch")
+                .map_err(unavailable)?;
+            if lease_epoch != Some(saturating_i64(fence.epoch)) {
+                rollback_quietly(tx).await;
+                return Err(StoreError::Fenced {
+                    partition_key: batch.partition_key.clone(),
+                    epoch: fence.epoch,
+                });
+            }
+        }
         if let Some(stream_id) = prepared
             .try_get::<Option<String>, _>("behind")
             .map_err(unavailable)?
@@ -420,8 +441,16 @@ impl EventStore for PgEventStore {
     }
 
     async fn append(&self, batch: AppendBatch) -> StoreResult<AppendResult> {
+        self.append_fenced(batch, None).await
+    }
+
+    async fn append_fenced(
+        &self,
+        batch: AppendBatch,
+        fence: Option<Fence>,
+    ) -> StoreResult<AppendResult> {
         validate(&batch)?;
-        let result = bounded(self.append_locked(&batch)).await?;
+        let result = bounded(self.append_locked(&batch, fence)).await?;
         advance_head(&self.head, result.last_position);
         Ok(result)
     }

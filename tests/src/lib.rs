@@ -16,6 +16,7 @@ use boxoffice_store::chain::{ChainKey, ChainVerifier};
 use boxoffice_store::{EventStore, RecordedEvent};
 use sqlx::Connection;
 
+pub mod browser;
 pub mod payments;
 pub mod simulation;
 
@@ -387,10 +388,12 @@ pub mod http {
         task: tokio::task::JoinHandle<anyhow::Result<()>>,
     }
 
-    /// A user made for a test: its id and an access token.
+    /// A user made for a test: its id, an access token, and how to sign in as it.
     pub struct TestUser {
         pub user_id: String,
         pub token: String,
+        pub email: String,
+        pub password: String,
     }
 
     impl Server {
@@ -451,6 +454,8 @@ pub mod http {
             TestUser {
                 user_id: user.user_id,
                 token,
+                email,
+                password: "correct horse".into(),
             }
         }
 

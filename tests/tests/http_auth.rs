@@ -363,6 +363,7 @@ impl Fixture {
             "tier_id" => "A".to_string(),
             "entry_id" => format!("wle_{}", uuid::Uuid::now_v7().simple()),
             "order_id" => format!("ord_{}", uuid::Uuid::now_v7().simple()),
+            "ticket_id" => format!("tkt_{}", uuid::Uuid::now_v7().simple()),
             other => panic!(
                 "{} {}: no value for the path parameter `{other}`; add one to \
                  `Fixture::path_value` in tests/tests/http_auth.rs",

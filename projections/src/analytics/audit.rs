@@ -12,8 +12,8 @@ use boxoffice_domain::show::ShowEvent;
 use boxoffice_domain::waitlist::WaitlistEvent;
 use boxoffice_store::RecordedEvent;
 
-use super::insert_rows;
 use crate::db::{Tx, position_param};
+use crate::rows::write_rows;
 use crate::runtime::{Projection, ProjectionError};
 
 pub const NAME: &str = "audit_log";
@@ -58,7 +58,7 @@ impl Projection for AuditLogProjection {
                 summary(&decoded).into(),
             ]);
         }
-        insert_rows(
+        write_rows(
             tx,
             "audit_log",
             &[
@@ -73,6 +73,7 @@ impl Projection for AuditLogProjection {
                 "summary",
             ],
             rows,
+            "",
         )
         .await?;
         Ok(())

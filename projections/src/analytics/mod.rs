@@ -17,7 +17,6 @@
 use boxoffice_store::RecordedEvent;
 use chrono::{DateTime, Timelike, Utc};
 
-use crate::db::{Param, Tx};
 use crate::runtime::ProjectionError;
 
 pub mod audit;
@@ -29,60 +28,11 @@ pub mod waitlist;
 
 pub use view::{HoldStats, SalesLine, SalesView, ShowSales, WaitlistStats};
 
-/// Rows in one multi-row INSERT. 64 rows of up to 10 columns stay far below SQLite's
-/// (32,766) and PostgreSQL's (65,535) bound-parameter limits.
-const INSERT_ROWS_MAX: usize = 64;
-
 pub(crate) fn inconsistent(event: &RecordedEvent, reason: impl Into<String>) -> ProjectionError {
     ProjectionError::Inconsistent {
         position: event.position,
         reason: reason.into(),
     }
-}
-
-/// Fails with [`ProjectionError::Inconsistent`] unless exactly one row changed.
-pub(crate) fn expect_one(
-    event: &RecordedEvent,
-    updated: u64,
-    what: impl FnOnce() -> String,
-) -> Result<(), ProjectionError> {
-    if updated == 1 {
-        Ok(())
-    } else {
-        Err(inconsistent(event, what()))
-    }
-}
-
-/// Inserts `rows` into `table (columns)` with as few statements as the parameter limits
-/// allow. Every row must have one parameter per column.
-pub(crate) async fn insert_rows(
-    tx: &mut Tx,
-    table: &str,
-    columns: &[&str],
-    rows: Vec<Vec<Param>>,
-) -> Result<(), sqlx::Error> {
-    let width = columns.len();
-    assert!(width > 0 && width * INSERT_ROWS_MAX <= 32_766);
-    let head = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<Vec<Param>> = rows.by_ref().take(INSERT_ROWS_MAX).collect();
-        let mut sql = String::with_capacity(head.len() + chunk.len() * width * 6);
-        sql.push_str(&head);
-        let mut params = Vec::with_capacity(chunk.len() * width);
-        for (i, row) in chunk.into_iter().enumerate() {
-            assert_eq!(row.len(), width, "a row of {table} has the wrong width");
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('(');
-            sql.push_str(&crate::db::placeholders(params.len() + 1, width));
-            sql.push(')');
-            params.extend(row);
-        }
-        tx.execute(&sql, &params).await?;
-    }
-    Ok(())
 }
 
 /// The start of the UTC hour holding `t`: the `sales` table's time bucket.

@@ -9,9 +9,10 @@ use boxoffice_domain::DomainEvent;
 use boxoffice_domain::reservation::{Origin, ReservationEvent};
 use boxoffice_store::RecordedEvent;
 
-use super::expect_one;
+use super::inconsistent;
 use crate::db::{Param, Tx, position_param};
 use crate::orders::show_of;
+use crate::rows::{Kind, Record, Rows, Table};
 use crate::runtime::{Projection, ProjectionError, decode_wanted};
 
 pub const NAME: &str = "reservations";
@@ -20,6 +21,33 @@ pub const VERSION: u32 = 1;
 /// Keeps `reservations`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ReservationsProjection;
+
+static RESERVATIONS: Table = Table {
+    name: "reservations",
+    columns: &[
+        ("reservation_id", Kind::Text),
+        ("show_id", Kind::Text),
+        ("user_id", Kind::Text),
+        ("origin", Kind::Text),
+        ("status", Kind::Text),
+        ("quantity", Kind::Int),
+        ("seats", Kind::OptText),
+        ("section", Kind::OptText),
+        ("total_minor", Kind::Int),
+        ("currency", Kind::Text),
+        ("placed_at", Kind::Time),
+        ("expires_at", Kind::Time),
+        ("payment_started_at", Kind::OptTime),
+        ("paid_at", Kind::OptTime),
+        ("seconds_to_checkout", Kind::OptInt),
+        ("confirmed_at", Kind::OptTime),
+        ("order_id", Kind::OptText),
+        ("closed_at", Kind::OptTime),
+        ("close_reason", Kind::OptText),
+        ("position", Kind::Int),
+    ],
+    key: 1,
+};
 
 #[async_trait]
 impl Projection for ReservationsProjection {
@@ -36,45 +64,72 @@ impl Projection for ReservationsProjection {
     }
 
     async fn apply(&self, tx: &mut Tx, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        let mut decoded = Vec::new();
         for event in events {
             if let Some(DomainEvent::Reservation(e)) =
                 decode_wanted(event, &ReservationEvent::TYPES)?
             {
-                apply_one(tx, event, e).await?;
+                decoded.push((event, e));
             }
         }
+        if decoded.is_empty() {
+            return Ok(());
+        }
+        let mut rows = Rows::new(&RESERVATIONS);
+        rows.load(
+            tx,
+            decoded
+                .iter()
+                .map(|(_, e)| vec![e.reservation_id().to_string()]),
+        )
+        .await?;
+        for (event, e) in decoded {
+            apply_one(&mut rows, event, e)?;
+        }
+        rows.flush(tx).await?;
         Ok(())
     }
 }
 
-/// Closes a reservation that is in `from` with `status` and `reason`.
-async fn close(
-    tx: &mut Tx,
+/// The reservation's row, if it is in `from` (and `also` holds of it).
+fn row_in<'r>(
+    rows: &'r mut Rows,
     event: &RecordedEvent,
-    reservation: String,
+    reservation: &str,
+    from: &str,
+    also: impl FnOnce(&Record) -> bool,
+    what: impl FnOnce() -> String,
+) -> Result<&'r mut Record, ProjectionError> {
+    match rows.get_mut(&[reservation.to_owned()]) {
+        Some(row) if row.text("status") == from && also(row) => Ok(row),
+        _ => Err(inconsistent(event, what())),
+    }
+}
+
+/// Ends a reservation that is in `from` with `status`.
+fn close(
+    rows: &mut Rows,
+    event: &RecordedEvent,
+    reservation: &str,
     from: &str,
     status: &str,
 ) -> Result<(), ProjectionError> {
-    let updated = tx
-        .execute(
-            &format!(
-                "UPDATE reservations SET status = $2, close_reason = $2, closed_at = $3
-                 WHERE reservation_id = $1 AND status = '{from}'"
-            ),
-            &[
-                reservation.clone().into(),
-                status.into(),
-                event.recorded_at.into(),
-            ],
-        )
-        .await?;
-    expect_one(event, updated, || {
-        format!("reservation {reservation} {status}, but it is not {from}")
-    })
+    let row = row_in(
+        rows,
+        event,
+        reservation,
+        from,
+        |_| true,
+        || format!("reservation {reservation} {status}, but it is not {from}"),
+    )?;
+    row.set("status", status);
+    row.set("close_reason", status);
+    row.set("closed_at", event.recorded_at);
+    Ok(())
 }
 
-async fn apply_one(
-    tx: &mut Tx,
+fn apply_one(
+    rows: &mut Rows,
     event: &RecordedEvent,
     e: ReservationEvent,
 ) -> Result<(), ProjectionError> {
@@ -98,15 +153,14 @@ async fn apply_one(
                 Origin::Waitlist => "waitlist",
             };
             let seats = (!seats.is_empty()).then(|| seats.join(","));
-            tx.execute(
-                "INSERT INTO reservations (reservation_id, show_id, user_id, origin, status, quantity,
-                     seats, section, total_minor, currency, placed_at, expires_at, position)
-                 VALUES ($1, $2, $3, $4, 'held', $5, $6, $7, $8, $9, $10, $11, $12)",
-                &[
-                    rsv.into(),
+            let added = rows.insert(Record::new(
+                &RESERVATIONS,
+                vec![
+                    rsv.clone().into(),
                     show.to_string().into(),
                     user_id.to_string().into(),
                     origin.into(),
+                    "held".into(),
                     i64::from(quantity).into(),
                     seats.into(),
                     section.into(),
@@ -114,77 +168,77 @@ async fn apply_one(
                     currency.into(),
                     placed_at.into(),
                     expires_at.into(),
+                    Param::OptTime(None),
+                    Param::OptTime(None),
+                    Param::OptInt(None),
+                    Param::OptTime(None),
+                    Param::OptText(None),
+                    Param::OptTime(None),
+                    Param::OptText(None),
                     position_param(event.position),
                 ],
-            )
-            .await?;
+            ));
+            if !added {
+                return Err(inconsistent(
+                    event,
+                    format!("reservation {rsv} placed twice"),
+                ));
+            }
         }
         ReservationEvent::PaymentStarted { .. } => {
-            let updated = tx
-                .execute(
-                    "UPDATE reservations SET status = 'payment_pending', payment_started_at = $2
-                     WHERE reservation_id = $1 AND status = 'held'",
-                    &[rsv.clone().into(), event.recorded_at.into()],
-                )
-                .await?;
-            expect_one(event, updated, || {
-                format!("payment started for {rsv}, which is not held")
-            })?;
+            let row = row_in(
+                rows,
+                event,
+                &rsv,
+                "held",
+                |_| true,
+                || format!("payment started for {rsv}, which is not held"),
+            )?;
+            row.set("status", "payment_pending");
+            row.set("payment_started_at", event.recorded_at);
         }
         ReservationEvent::PaymentCaptured { .. } => {
-            let row = tx
-                .fetch_optional(
-                    "SELECT placed_at FROM reservations
-                     WHERE reservation_id = $1 AND status = 'payment_pending'",
-                    &[rsv.clone().into()],
-                )
-                .await?;
-            let Some(row) = row else {
-                return Err(super::inconsistent(
-                    event,
-                    format!("payment captured for {rsv}, which has no payment pending"),
-                ));
-            };
-            let seconds = (event.recorded_at - row.time("placed_at")?)
+            let row = row_in(
+                rows,
+                event,
+                &rsv,
+                "payment_pending",
+                |_| true,
+                || format!("payment captured for {rsv}, which has no payment pending"),
+            )?;
+            let seconds = (event.recorded_at - row.time("placed_at"))
                 .num_seconds()
                 .max(0);
-            tx.execute(
-                "UPDATE reservations SET paid_at = $2, seconds_to_checkout = $3
-                 WHERE reservation_id = $1",
-                &[rsv.into(), event.recorded_at.into(), Param::Int(seconds)],
-            )
-            .await?;
+            row.set("paid_at", event.recorded_at);
+            row.set("seconds_to_checkout", Param::Int(seconds));
         }
         ReservationEvent::PaymentFailed { .. } => {
-            close(tx, event, rsv, "payment_pending", "payment_failed").await?;
+            close(rows, event, &rsv, "payment_pending", "payment_failed")?;
         }
         ReservationEvent::PaymentTimedOut { .. } => {
-            close(tx, event, rsv, "payment_pending", "payment_timed_out").await?;
+            close(rows, event, &rsv, "payment_pending", "payment_timed_out")?;
         }
         ReservationEvent::TicketsIssued { order_id, .. } => {
-            let updated = tx
-                .execute(
-                    "UPDATE reservations SET status = 'confirmed', confirmed_at = $2, order_id = $3
-                     WHERE reservation_id = $1 AND status = 'payment_pending' AND paid_at IS NOT NULL",
-                    &[
-                        rsv.clone().into(),
-                        event.recorded_at.into(),
-                        order_id.to_string().into(),
-                    ],
-                )
-                .await?;
-            expect_one(event, updated, || {
-                format!("tickets issued for {rsv}, which has no captured payment")
-            })?;
+            let row = row_in(
+                rows,
+                event,
+                &rsv,
+                "payment_pending",
+                |r| r.opt_time("paid_at").is_some(),
+                || format!("tickets issued for {rsv}, which has no captured payment"),
+            )?;
+            row.set("status", "confirmed");
+            row.set("confirmed_at", event.recorded_at);
+            row.set("order_id", order_id.to_string());
         }
         ReservationEvent::HoldExpired { .. } => {
-            close(tx, event, rsv, "held", "expired").await?;
+            close(rows, event, &rsv, "held", "expired")?;
         }
         ReservationEvent::ReservationCancelled { .. } => {
-            close(tx, event, rsv, "held", "cancelled").await?;
+            close(rows, event, &rsv, "held", "cancelled")?;
         }
         ReservationEvent::RefundIssued { .. } => {
-            close(tx, event, rsv, "confirmed", "refunded").await?;
+            close(rows, event, &rsv, "confirmed", "refunded")?;
         }
     }
     Ok(())

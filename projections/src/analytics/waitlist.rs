@@ -3,13 +3,14 @@
 //! `waitlist_stats` view sums it per show.
 
 use async_trait::async_trait;
-use boxoffice_domain::DomainEvent;
 use boxoffice_domain::waitlist::WaitlistEvent;
+use boxoffice_domain::{DomainEvent, EntryId};
 use boxoffice_store::RecordedEvent;
 
-use super::expect_one;
-use crate::db::Tx;
+use super::inconsistent;
+use crate::db::{Param, Tx};
 use crate::orders::show_of;
+use crate::rows::{Kind, Record, Rows, Table};
 use crate::runtime::{Projection, ProjectionError, decode_wanted};
 
 pub const NAME: &str = "waitlist";
@@ -18,6 +19,24 @@ pub const VERSION: u32 = 1;
 /// Keeps `waitlist_entries`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct WaitlistProjection;
+
+static ENTRIES: Table = Table {
+    name: "waitlist_entries",
+    columns: &[
+        ("entry_id", Kind::Text),
+        ("show_id", Kind::Text),
+        ("user_id", Kind::Text),
+        ("quantity", Kind::Int),
+        ("section", Kind::OptText),
+        ("status", Kind::Text),
+        ("joined_at", Kind::Time),
+        ("offers", Kind::Int),
+        ("claims", Kind::Int),
+        ("offer_expiries", Kind::Int),
+        ("closed_at", Kind::OptTime),
+    ],
+    key: 1,
+};
 
 #[async_trait]
 impl Projection for WaitlistProjection {
@@ -34,74 +53,123 @@ impl Projection for WaitlistProjection {
     }
 
     async fn apply(&self, tx: &mut Tx, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        let mut decoded = Vec::new();
         for event in events {
             if let Some(DomainEvent::Waitlist(e)) = decode_wanted(event, &WaitlistEvent::TYPES)? {
-                apply_one(tx, event, e).await?;
+                decoded.push((event, e));
             }
         }
+        if decoded.is_empty() {
+            return Ok(());
+        }
+        let mut rows = Rows::new(&ENTRIES);
+        rows.load(
+            tx,
+            decoded.iter().map(|(_, e)| vec![entry_of(e).to_string()]),
+        )
+        .await?;
+        for (event, e) in decoded {
+            apply_one(&mut rows, event, e)?;
+        }
+        rows.flush(tx).await?;
         Ok(())
     }
 }
 
-async fn apply_one(
-    tx: &mut Tx,
+/// The entry an event is about.
+fn entry_of(e: &WaitlistEvent) -> EntryId {
+    match e {
+        WaitlistEvent::WaitlistJoined { entry_id, .. }
+        | WaitlistEvent::WaitlistOffered { entry_id, .. }
+        | WaitlistEvent::WaitlistOfferClaimed { entry_id, .. }
+        | WaitlistEvent::WaitlistOfferExpired { entry_id, .. }
+        | WaitlistEvent::WaitlistLeft { entry_id } => *entry_id,
+    }
+}
+
+fn apply_one(
+    rows: &mut Rows,
     event: &RecordedEvent,
     e: WaitlistEvent,
 ) -> Result<(), ProjectionError> {
-    let (sql, entry, what) = match e {
+    let entry = entry_of(&e).to_string();
+    // (statuses it may be in, new status, the counter it adds to, whether it closes)
+    let (from, to, counter, closes, what): (&[&str], _, _, _, _) = match e {
         WaitlistEvent::WaitlistJoined {
             entry_id,
             user_id,
             quantity,
             section,
         } => {
-            tx.execute(
-                "INSERT INTO waitlist_entries (entry_id, show_id, user_id, quantity, section, status,
-                     joined_at, offers, claims, offer_expiries, closed_at)
-                 VALUES ($1, $2, $3, $4, $5, 'waiting', $6, 0, 0, 0, NULL)",
-                &[
+            let added = rows.insert(Record::new(
+                &ENTRIES,
+                vec![
                     entry_id.to_string().into(),
                     show_of(event)?.to_string().into(),
                     user_id.to_string().into(),
                     i64::from(quantity).into(),
                     section.into(),
+                    "waiting".into(),
                     event.recorded_at.into(),
+                    Param::Int(0),
+                    Param::Int(0),
+                    Param::Int(0),
+                    Param::OptTime(None),
                 ],
-            )
-            .await?;
+            ));
+            if !added {
+                return Err(inconsistent(
+                    event,
+                    format!("waitlist entry {entry} joined twice"),
+                ));
+            }
             return Ok(());
         }
-        WaitlistEvent::WaitlistOffered { entry_id, .. } => (
-            "UPDATE waitlist_entries SET status = 'offered', offers = offers + 1
-             WHERE entry_id = $1 AND status = 'waiting'",
-            entry_id,
+        WaitlistEvent::WaitlistOffered { .. } => (
+            &["waiting"],
+            "offered",
+            Some("offers"),
+            false,
             "offered to, but it is not waiting",
         ),
-        WaitlistEvent::WaitlistOfferClaimed { entry_id, .. } => (
-            "UPDATE waitlist_entries SET status = 'claimed', claims = claims + 1, closed_at = $2
-             WHERE entry_id = $1 AND status = 'offered'",
-            entry_id,
+        WaitlistEvent::WaitlistOfferClaimed { .. } => (
+            &["offered"],
+            "claimed",
+            Some("claims"),
+            true,
             "claimed, but it has no open offer",
         ),
-        WaitlistEvent::WaitlistOfferExpired { entry_id, .. } => (
-            "UPDATE waitlist_entries SET status = 'expired', offer_expiries = offer_expiries + 1,
-                 closed_at = $2
-             WHERE entry_id = $1 AND status = 'offered'",
-            entry_id,
+        WaitlistEvent::WaitlistOfferExpired { .. } => (
+            &["offered"],
+            "expired",
+            Some("offer_expiries"),
+            true,
             "offer expired, but it has no open offer",
         ),
-        WaitlistEvent::WaitlistLeft { entry_id } => (
-            "UPDATE waitlist_entries SET status = 'left', closed_at = $2
-             WHERE entry_id = $1 AND status IN ('waiting', 'offered')",
-            entry_id,
+        WaitlistEvent::WaitlistLeft { .. } => (
+            &["waiting", "offered"],
+            "left",
+            None,
+            true,
             "left, but it is closed",
         ),
     };
-    // Only the closing updates record a time.
-    let mut params = vec![entry.to_string().into()];
-    if sql.contains("$2") {
-        params.push(event.recorded_at.into());
+    let Some(row) = rows
+        .get_mut(std::slice::from_ref(&entry))
+        .filter(|r| from.contains(&r.text("status")))
+    else {
+        return Err(inconsistent(
+            event,
+            format!("waitlist entry {entry} {what}"),
+        ));
+    };
+    row.set("status", to);
+    if let Some(counter) = counter {
+        let n = row.int(counter);
+        row.set(counter, n + 1);
     }
-    let updated = tx.execute(sql, &params).await?;
-    expect_one(event, updated, || format!("waitlist entry {entry} {what}"))
+    if closes {
+        row.set("closed_at", event.recorded_at);
+    }
+    Ok(())
 }
