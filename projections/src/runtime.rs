@@ -256,7 +256,7 @@ impl ProjectorHandle {
     }
 }
 
-/// A set of running projections. Dropping it stops them too (at their next await);
+/// A set of running projections. Dropping it stops them too (after their current batch);
 /// [`Projections::shutdown`] also waits for them to finish.
 pub struct Projections {
     handles: Vec<ProjectorHandle>,
@@ -355,7 +355,8 @@ impl Projections {
         true
     }
 
-    /// Stops every runner (an open transaction is rolled back) and waits for them.
+    /// Stops every runner once the batch it is applying has committed (a rebuild in
+    /// progress is abandoned), and waits for them.
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);
         for task in self.tasks {
@@ -412,6 +413,11 @@ enum Step {
     Progress { more: bool },
 }
 
+/// Whether shutdown was asked for, or its sender is gone.
+fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
+    *shutdown.borrow() || shutdown.has_changed().is_err()
+}
+
 /// Resolves when shutdown is asked for, or when its sender is gone.
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
@@ -429,13 +435,16 @@ impl Runner {
         let mut failures: u32 = 0;
         tracing::info!(projection = name, "projection started");
         loop {
-            // A step is cancelled at shutdown: its transaction rolls back, which loses
-            // nothing (the checkpoint moves only with a commit).
-            let step = tokio::select! {
-                biased;
-                () = stopped(&mut shutdown) => break,
-                step = self.step(&mut known, &mut head) => step,
-            };
+            if stopping(&shutdown) {
+                break;
+            }
+            // A batch is never cancelled half-way: cancelled during its COMMIT, the
+            // commit could land after `shutdown` returned (rows and checkpoint moving
+            // under whoever looks next), and cancelled during its BEGIN on SQLite, the
+            // pooled connection could be left inside a transaction holding the write
+            // lock. A batch is bounded (`batch_events_max`), so shutdown waits at most
+            // one. Only a rebuild, which runs on its own connection, stops half-way.
+            let step = self.step(&mut known, &mut head, &mut shutdown).await;
             match step {
                 Ok(step) => {
                     if failures > 0 {
@@ -508,6 +517,7 @@ impl Runner {
         &self,
         known: &mut Known,
         head: &mut watch::Receiver<u64>,
+        shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Step, ProjectionError> {
         let name = self.projection.name();
         let version = self.projection.version();
@@ -546,14 +556,20 @@ impl Runner {
                     // The old tables keep serving, complete up to their checkpoint, until
                     // the swap; the handle says so.
                     self.publish(position);
-                    crate::rebuild::rebuild_beside(
-                        &self.store,
-                        &self.pool,
-                        self.projection.as_ref(),
-                        self.config.batch_events_max,
-                        stored_version,
-                    )
-                    .await?;
+                    // Stopped half-way at shutdown: the shadow tables live on the
+                    // rebuild's own connection, which closes (and rolls back) with it; the
+                    // real tables and checkpoint are untouched until the swap commits.
+                    tokio::select! {
+                        biased;
+                        () = stopped(shutdown) => return Ok(Step::Idle),
+                        rebuilt = crate::rebuild::rebuild_beside(
+                            &self.store,
+                            &self.pool,
+                            self.projection.as_ref(),
+                            self.config.batch_events_max,
+                            stored_version,
+                        ) => rebuilt?,
+                    };
                     // Swapped in by this runner or by another process: load what is there.
                     *known = Known::Unloaded;
                     return Ok(Step::Progress { more: true });
