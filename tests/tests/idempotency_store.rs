@@ -101,3 +101,73 @@ async fn keys_follow_stripes_semantics() {
         );
     }
 }
+
+/// Claims are group-committed by one writer: many at once, some for the same key, still
+/// give each key to exactly one request, and the others see it in flight or replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_give_each_key_to_exactly_one_request() {
+    for backend in backends().await {
+        let _store = open(&backend.url).await;
+        let keys = std::sync::Arc::new(IdempotencyKeys::new(
+            TablePool::connect(&backend.url).await.unwrap(),
+        ));
+        let now = Utc::now();
+        let (abandoned, ttl) = (Duration::seconds(120), Duration::hours(24));
+        // 40 keys, each claimed by 5 requests at once.
+        let mut tasks = tokio::task::JoinSet::new();
+        for attempt in 0..5 {
+            for k in 0..40 {
+                let keys = std::sync::Arc::clone(&keys);
+                tasks.spawn(async move {
+                    let key = format!("k{k}");
+                    let claim = keys
+                        .claim("usr_c", &key, "fp", now, abandoned, ttl)
+                        .await
+                        .unwrap();
+                    if claim == Claim::Started {
+                        keys.complete("usr_c", &key, 201, key.as_bytes(), None)
+                            .await
+                            .unwrap();
+                    }
+                    (k, attempt, claim)
+                });
+            }
+        }
+        let mut started = vec![0; 40];
+        let mut others = 0;
+        while let Some(done) = tasks.join_next().await {
+            let (k, _, claim) = done.unwrap();
+            match claim {
+                Claim::Started => started[k] += 1,
+                Claim::InFlight => others += 1,
+                Claim::Replay { status, body, .. } => {
+                    assert_eq!((status, body), (201, format!("k{k}").into_bytes()));
+                    others += 1;
+                }
+                Claim::Mismatch => panic!("{}: the same request is no mismatch", backend.name),
+            }
+        }
+        assert!(
+            started.iter().all(|&n| n == 1),
+            "{}: each key started once: {started:?}",
+            backend.name
+        );
+        assert_eq!(others, 160);
+        // Afterwards every key replays what its first request stored.
+        for k in 0..40 {
+            let key = format!("k{k}");
+            assert_eq!(
+                keys.claim("usr_c", &key, "fp", now, abandoned, ttl)
+                    .await
+                    .unwrap(),
+                Claim::Replay {
+                    status: 201,
+                    body: key.clone().into_bytes(),
+                    location: None
+                },
+                "{}",
+                backend.name
+            );
+        }
+    }
+}
