@@ -402,10 +402,14 @@ impl Application {
                 .unwrap_or_default()
                 .into_bytes(),
         };
+        let runtime = boxoffice_projections::RuntimeConfig::for_backend(
+            boxoffice_projections::db::backend_of(&tables),
+        );
         let read_side = ReadSide::start(
             Arc::clone(&store),
             tables,
             ReadSideConfig {
+                runtime,
                 notify,
                 ..ReadSideConfig::default()
             },

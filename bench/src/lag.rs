@@ -64,11 +64,13 @@ impl LagProbe {
     /// the samplers.
     pub async fn start(store: Arc<dyn EventStore>, url: &str) -> anyhow::Result<Self> {
         let pool = TablePool::connect(url).await?;
+        // The server's batch size for this backend.
+        let config = RuntimeConfig::for_backend(boxoffice_projections::db::backend_of(&pool));
         let projections = Projections::start(
             Arc::clone(&store),
             pool,
             vec![Arc::new(SeatMapProjection)],
-            RuntimeConfig::default(),
+            config,
         );
         let handle = projections.handles()[0].clone();
         let head = store.head_position().await?;

@@ -2,7 +2,9 @@
 //! chromedriver), against the real server on port 0: two buyers, one buys two seats
 //! while the other sees them turn sold; a hold expires on screen; a sold-out show offers
 //! the waitlist and the offer arrives; the organizer's dashboard follows the sales. The
-//! tests save the screenshots the README links (`docs/screenshots/`).
+//! tests take the screenshots the README links: into a temporary directory, or into
+//! `SCREENSHOT_DIR` when set, so that a test run leaves the committed ones alone and
+//! `SCREENSHOT_DIR=$PWD/docs/screenshots` refreshes them.
 //!
 //! Skipped, saying so, when Chromium or chromedriver is not installed. SQLite only: the
 //! page sees the same API on both backends, which the HTTP suites already cover. The
@@ -33,9 +35,12 @@ const PAGE_WAIT_MS: u64 = 10_000;
 const LIVE_WAIT_MS: u64 = 3_000;
 
 fn screenshot_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../docs/screenshots")
-        .join(format!("{name}.png"))
+    let dir = std::env::var_os("SCREENSHOT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("boxoffice-screenshots"));
+    let path = dir.join(format!("{name}.png"));
+    println!("screenshot: {}", path.display());
+    path
 }
 
 /// The server, serving the page from `WEB_DIR` if that is set.
