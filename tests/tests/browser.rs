@@ -77,6 +77,38 @@ fn show_body(name: &str, limits: Value, sections: Value) -> Value {
     })
 }
 
+/// What every test starts with: its turn (one browser test at a time), the WebDriver,
+/// a fresh server, an organizer and the show the test buys from. `None` (the test is
+/// skipped) without Chromium or chromedriver.
+struct Stage {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    driver: Driver,
+    started: Instant,
+    server: Server,
+    base: String,
+    organizer: TestUser,
+    show_id: String,
+}
+
+async fn stage(name: &str, limits: Value, sections: Value) -> Option<Stage> {
+    let serial = SERIAL.lock().await;
+    let driver = Driver::start().await?;
+    let started = Instant::now();
+    let server = start_server().await;
+    let base = server.base.clone();
+    let organizer = server.user(&[Role::Organizer]).await;
+    let show_id = create_show(&server, &organizer, show_body(name, limits, sections)).await;
+    Some(Stage {
+        _serial: serial,
+        driver,
+        started,
+        server,
+        base,
+        organizer,
+        show_id,
+    })
+}
+
 /// Signs in through the page's form (the account exists already).
 async fn sign_in(browser: &Browser, base: &str, user: &TestUser, path: &str) {
     browser.goto(&format!("{base}{path}")).await;
@@ -152,29 +184,28 @@ async fn notice(browser: &Browser) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_buyers_one_buys_while_the_other_watches_and_the_organizer_sees_the_sales() {
-    let _serial = SERIAL.lock().await;
-    let Some(driver) = Driver::start().await else {
+    let Some(Stage {
+        _serial,
+        driver,
+        started,
+        server,
+        base,
+        organizer,
+        show_id,
+    }) = stage(
+        "Fado night",
+        json!({"max_tickets_per_user": 6}),
+        json!([
+            {"id": "101", "name": "Stalls", "kind": "seated",
+             "rows": [{"row": "A", "seats": 12, "tier": "A"}, {"row": "B", "seats": 12, "tier": "A"},
+                      {"row": "C", "seats": 14, "tier": "B"}, {"row": "D", "seats": 14, "tier": "B"}]},
+            {"id": "floor", "name": "Standing", "kind": "general_admission", "capacity": 40, "tier": "B"}
+        ]),
+    )
+    .await
+    else {
         return;
     };
-    let started = Instant::now();
-    let server = start_server().await;
-    let base = server.base.clone();
-    let organizer = server.user(&[Role::Organizer]).await;
-    let show_id = create_show(
-        &server,
-        &organizer,
-        show_body(
-            "Fado night",
-            json!({"max_tickets_per_user": 6}),
-            json!([
-                {"id": "101", "name": "Stalls", "kind": "seated",
-                 "rows": [{"row": "A", "seats": 12, "tier": "A"}, {"row": "B", "seats": 12, "tier": "A"},
-                          {"row": "C", "seats": 14, "tier": "B"}, {"row": "D", "seats": 14, "tier": "B"}]},
-                {"id": "floor", "name": "Standing", "kind": "general_admission", "capacity": 40, "tier": "B"}
-            ]),
-        ),
-    )
-    .await;
 
     // Buyer one signs up on the page, finds the show by searching, and opens it.
     let one = driver.browser(1280, 1000).await;
@@ -407,26 +438,25 @@ async fn two_buyers_one_buys_while_the_other_watches_and_the_organizer_sees_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyboard_selection_a_hold_that_expires_on_screen_and_a_declined_card() {
-    let _serial = SERIAL.lock().await;
-    let Some(driver) = Driver::start().await else {
+    // The shortest hold a show may have, so that it expires within the test.
+    let Some(Stage {
+        _serial,
+        driver,
+        started,
+        server,
+        base,
+        organizer: _,
+        show_id,
+    }) = stage(
+        "Matinee",
+        json!({"hold_ttl_seconds": 10}),
+        json!([{"id": "1", "name": "Hall", "kind": "seated",
+                "rows": [{"row": "A", "seats": 6, "tier": "A"}, {"row": "B", "seats": 6, "tier": "B"}]}]),
+    )
+    .await
+    else {
         return;
     };
-    let started = Instant::now();
-    let server = start_server().await;
-    let base = server.base.clone();
-    let organizer = server.user(&[Role::Organizer]).await;
-    // The shortest hold a show may have, so that it expires within the test.
-    let show_id = create_show(
-        &server,
-        &organizer,
-        show_body(
-            "Matinee",
-            json!({"hold_ttl_seconds": 10}),
-            json!([{"id": "1", "name": "Hall", "kind": "seated",
-                    "rows": [{"row": "A", "seats": 6, "tier": "A"}, {"row": "B", "seats": 6, "tier": "B"}]}]),
-        ),
-    )
-    .await;
     let buyer = server.user(&[]).await;
     let page = driver.browser(1000, 900).await;
     sign_in(&page, &base, &buyer, &format!("/shows/{show_id}")).await;
@@ -606,25 +636,24 @@ async fn keyboard_selection_a_hold_that_expires_on_screen_and_a_declined_card() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sold_out_show_offers_the_waitlist_and_the_offer_arrives() {
-    let _serial = SERIAL.lock().await;
-    let Some(driver) = Driver::start().await else {
+    let Some(Stage {
+        _serial,
+        driver,
+        started,
+        server,
+        base,
+        organizer: _,
+        show_id,
+    }) = stage(
+        "Last tickets",
+        json!({"waitlist_claim_seconds": 60}),
+        json!([{"id": "1", "name": "Box", "kind": "seated",
+                "rows": [{"row": "A", "seats": 2, "tier": "A"}]}]),
+    )
+    .await
+    else {
         return;
     };
-    let started = Instant::now();
-    let server = start_server().await;
-    let base = server.base.clone();
-    let organizer = server.user(&[Role::Organizer]).await;
-    let show_id = create_show(
-        &server,
-        &organizer,
-        show_body(
-            "Last tickets",
-            json!({"waitlist_claim_seconds": 60}),
-            json!([{"id": "1", "name": "Box", "kind": "seated",
-                    "rows": [{"row": "A", "seats": 2, "tier": "A"}]}]),
-        ),
-    )
-    .await;
     // Someone holds every seat: the show is sold out.
     let holder = server.user(&[]).await;
     let hold: Value = server
