@@ -202,6 +202,10 @@ impl Projection for NotificationsProjection {
         ]
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(&TYPES)
+    }
+
     async fn apply(&self, tx: &mut Tx, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
         let mut decoded = Vec::new();
         let (mut entries, mut reservations) = (Vec::new(), Vec::new());

@@ -120,6 +120,10 @@ impl Projection for OrdersProjection {
         &["tickets", "orders", "orders_reservations"]
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(&TYPES)
+    }
+
     async fn apply(&self, tx: &mut Tx, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
         let mut decoded = Vec::new();
         let (mut reservations, mut orders) = (Vec::new(), Vec::new());

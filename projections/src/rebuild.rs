@@ -21,11 +21,12 @@
 //! from there. A rebuild that fails, is cancelled or crashes leaves the real tables and the
 //! checkpoint untouched; its shadow tables vanish with its connection.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boxoffice_store::tables::TablePool;
-use boxoffice_store::{EventStore, RecordedEvent};
+use boxoffice_store::{EventStore, RecordedEvent, StoreError};
 use chrono::Utc;
 use serde::Serialize;
 
@@ -41,8 +42,11 @@ pub struct RebuildReport {
     pub name: String,
     /// The version now in the checkpoint: the code's.
     pub version: u32,
-    /// Events read and applied into the new tables by this rebuild.
+    /// The events of the log up to `position`: what the new read model was built from.
     pub events: u64,
+    /// Of those, the ones read and applied: a rebuild reads only the types its projection
+    /// acts on (`Projection::event_types`).
+    pub applied: u64,
     /// The log position the swapped-in read model reflects.
     pub position: u64,
     pub elapsed: Duration,
@@ -148,8 +152,12 @@ pub(crate) async fn rebuild_beside(
     rebuilt
 }
 
-/// Pages read ahead of the one being applied during a rebuild's catch-up.
-const PAGES_AHEAD: usize = 2;
+/// Slices of the log read at once during a rebuild's catch-up, each by a task of its own
+/// (on a connection of its own): reading and decoding the log is most of a rebuild's work,
+/// and one reader left a core idle while it waited for the database.
+const READERS: usize = 2;
+/// Slices read ahead of the one being applied.
+const SLICES_AHEAD: usize = 2;
 
 /// Aborts a task when dropped (the read-ahead of a rebuild that ends early).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -173,6 +181,48 @@ fn check_order(name: &str, after: u64, events: &[RecordedEvent]) {
     }
 }
 
+/// One slice of the log as a rebuild reads it: the events of the projection's types at
+/// positions up to `until`, after the previous slice's `until`.
+type Slice = Result<(u64, Vec<RecordedEvent>), StoreError>;
+
+/// Reads the log from `from` to `head` (a position the store returned as its head, so that
+/// every slice below it is complete) in slices of `span` positions, `READERS` at a time,
+/// and sends them in log order; stops after the first error.
+async fn read_slices(
+    store: Arc<dyn EventStore>,
+    from: u64,
+    head: u64,
+    span: usize,
+    types: Option<&'static [&'static str]>,
+    out: tokio::sync::mpsc::Sender<Slice>,
+) {
+    let mut in_flight = VecDeque::with_capacity(READERS);
+    let mut next = from;
+    loop {
+        while in_flight.len() < READERS && next < head {
+            let (after, until) = (next, next.saturating_add(span as u64).min(head));
+            let store = Arc::clone(&store);
+            in_flight.push_back(tokio::spawn(async move {
+                let events = store.read_range(after, until, types, span).await?;
+                Ok((until, events))
+            }));
+            next = until;
+        }
+        let Some(reading) = in_flight.pop_front() else {
+            return;
+        };
+        let slice = reading.await.unwrap_or_else(|e| {
+            Err(StoreError::Unavailable(format!(
+                "a reader of the log ended: {e}"
+            )))
+        });
+        let failed = slice.is_err();
+        if out.send(slice).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
 async fn build_and_swap(
     shadow: &Shadow,
     store: &Arc<dyn EventStore>,
@@ -183,64 +233,58 @@ async fn build_and_swap(
 ) -> Result<Rebuilt, ProjectionError> {
     let name = projection.name();
     let version = projection.version();
+    let types = projection.event_types();
     let started = Instant::now();
+    // Everything up to here is in the shadow (the events of the projection's types).
     let mut position = 0;
     let mut applied = 0u64;
 
-    // Catch up, one batch per transaction, until a read comes back short of a full batch.
-    // The next page is read (and decoded) by a task of its own while this one applies the
-    // current page: reading and applying take about as long each, on different cores.
-    let (pages_tx, mut pages) = tokio::sync::mpsc::channel(PAGES_AHEAD);
-    let reader = {
-        let store = Arc::clone(store);
-        tokio::spawn(async move {
-            let mut after = 0;
-            loop {
-                let page = store.read_all(after, batch_events_max).await;
-                let (full, last) = match &page {
-                    Ok(events) => (
-                        events.len() == batch_events_max,
-                        events.last().map(|e| e.position),
-                    ),
-                    Err(_) => (false, None),
-                };
-                if pages_tx.send(page).await.is_err() || !full {
-                    return;
-                }
-                after = last.expect("a full page has a last event");
-            }
-        })
-    };
-    let _stop_reader = AbortOnDrop(reader);
+    // Catch up to the head, one slice of `batch_events_max` positions per transaction,
+    // while the next slices are read (and decoded) by tasks of their own; then again to
+    // the new head, until the log is less than a slice ahead: that rest is applied in the
+    // swap's transaction.
     loop {
-        // A cheap look (no lock) so that the loser of a race stops early; the swap checks
-        // again under the lock.
-        let stored = load_checkpoint(pool, name).await?;
-        if stored.as_ref().map(|c| c.version) != Some(held_version) {
-            tracing::info!(
-                projection = name,
-                ?stored,
-                "rebuild superseded; discarding it"
-            );
-            return Ok(Rebuilt::Superseded {
-                stored: stored.map(|c| (c.version, c.position)),
-            });
+        let head = store.head_position().await?;
+        if head.saturating_sub(position) <= batch_events_max as u64 {
+            break;
         }
-        let Some(events) = pages.recv().await else {
-            break;
-        };
-        let events = events?;
-        let Some(last) = events.last().map(|e| e.position) else {
-            break;
-        };
-        check_order(name, position, &events);
-        let mut tx = shadow.begin().await?;
-        projection.apply(&mut tx, &events).await?;
-        tx.commit().await?;
-        position = last;
-        applied += events.len() as u64;
-        if events.len() < batch_events_max {
-            break;
+        let (slices_tx, mut slices) = tokio::sync::mpsc::channel(SLICES_AHEAD);
+        let _stop_readers = AbortOnDrop(tokio::spawn(read_slices(
+            Arc::clone(store),
+            position,
+            head,
+            batch_events_max,
+            types,
+            slices_tx,
+        )));
+        while let Some(slice) = slices.recv().await {
+            // A cheap look (no lock) so that the loser of a race stops early; the swap
+            // checks again under the lock.
+            let stored = load_checkpoint(pool, name).await?;
+            if stored.as_ref().map(|c| c.version) != Some(held_version) {
+                tracing::info!(
+                    projection = name,
+                    ?stored,
+                    "rebuild superseded; discarding it"
+                );
+                return Ok(Rebuilt::Superseded {
+                    stored: stored.map(|c| (c.version, c.position)),
+                });
+            }
+            let (until, events) = slice?;
+            check_order(name, position, &events);
+            if !events.is_empty() {
+                let mut tx = shadow.begin().await?;
+                projection.apply(&mut tx, &events).await?;
+                tx.commit().await?;
+                applied += events.len() as u64;
+            }
+            position = until;
+        }
+        if position != head {
+            return Err(ProjectionError::Failed(format!(
+                "the log's readers stopped at {position}, before the head {head}"
+            )));
         }
     }
 
@@ -298,13 +342,16 @@ async fn build_and_swap(
     assert_eq!(updated, 1, "the locked checkpoint row of {name} exists");
     tx.commit().await?;
 
+    let elapsed = started.elapsed();
+    let swap = swap_started.elapsed();
     let report = RebuildReport {
         name: name.to_owned(),
         version,
-        events: applied,
+        events: store.count_until(position).await?,
+        applied,
         position,
-        elapsed: started.elapsed(),
-        swap: swap_started.elapsed(),
+        elapsed,
+        swap,
     };
     tracing::info!(
         projection = name,

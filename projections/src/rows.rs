@@ -257,8 +257,11 @@ enum Slot {
     Absent,
     /// As the table holds it.
     Clean(Record),
-    /// Changed or new: written by the next flush.
+    /// Changed: written by the next flush.
     Dirty(Record),
+    /// New, where a load found no row: the next flush inserts it without `ON CONFLICT`
+    /// (with COPY on PostgreSQL), as nothing else writes the table.
+    Added(Record),
 }
 
 /// The rows of one table that a batch reads and writes; see the module documentation.
@@ -346,7 +349,7 @@ impl Rows {
     pub fn get(&self, key: &[String]) -> Option<&Record> {
         match self.slot(key) {
             Slot::Absent => None,
-            Slot::Clean(r) | Slot::Dirty(r) => Some(r),
+            Slot::Clean(r) | Slot::Dirty(r) | Slot::Added(r) => Some(r),
         }
     }
 
@@ -354,7 +357,7 @@ impl Rows {
     /// the table cannot hold (a row of a show scheduled in this batch).
     pub fn get_if_known(&self, key: &[String]) -> Option<&Record> {
         match self.slots.get(key) {
-            Some(Slot::Clean(r) | Slot::Dirty(r)) => Some(r),
+            Some(Slot::Clean(r) | Slot::Dirty(r) | Slot::Added(r)) => Some(r),
             Some(Slot::Absent) | None => None,
         }
     }
@@ -371,7 +374,7 @@ impl Rows {
         }
         match slot {
             Slot::Absent => None,
-            Slot::Dirty(r) => Some(r),
+            Slot::Dirty(r) | Slot::Added(r) => Some(r),
             Slot::Clean(_) => unreachable!("made dirty above"),
         }
     }
@@ -386,8 +389,13 @@ impl Rows {
         );
         let key = record.key();
         match self.slots.get(&key) {
-            Some(Slot::Clean(_) | Slot::Dirty(_)) => false,
-            Some(Slot::Absent) | None => {
+            Some(Slot::Clean(_) | Slot::Dirty(_) | Slot::Added(_)) => false,
+            Some(Slot::Absent) => {
+                self.slots.insert(key, Slot::Added(record));
+                true
+            }
+            // Not looked up: written as an upsert, in case the caller's belief is wrong.
+            None => {
                 self.slots.insert(key, Slot::Dirty(record));
                 true
             }
@@ -395,37 +403,44 @@ impl Rows {
     }
 
     /// Writes every changed or new row, with as few statements as the parameter limits
-    /// allow; they are then as the table holds them.
+    /// allow (rows added where a load found none with plain inserts, the others with
+    /// upserts); they are then as the table holds them.
     pub async fn flush(&mut self, tx: &mut Tx) -> Result<(), sqlx::Error> {
-        let dirty: Vec<&Record> = self
-            .slots
-            .values()
-            .filter_map(|s| match s {
-                Slot::Dirty(r) => Some(r),
-                _ => None,
-            })
-            .collect();
-        if dirty.is_empty() {
+        let (mut added, mut changed) = (Vec::new(), Vec::new());
+        for slot in self.slots.values() {
+            match slot {
+                Slot::Added(r) => added.push(r.values.clone()),
+                Slot::Dirty(r) => changed.push(r.values.clone()),
+                Slot::Absent | Slot::Clean(_) => {}
+            }
+        }
+        if added.is_empty() && changed.is_empty() {
             return Ok(());
         }
         let table = self.table;
         let names: Vec<&str> = table.columns.iter().map(|(n, _)| *n).collect();
-        let keys = names[..table.key].join(", ");
-        let updates = names[table.key..]
-            .iter()
-            .map(|n| format!("{n} = excluded.{n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let conflict = if updates.is_empty() {
-            format!("ON CONFLICT ({keys}) DO NOTHING")
-        } else {
-            format!("ON CONFLICT ({keys}) DO UPDATE SET {updates}")
-        };
-        let rows: Vec<Vec<Param>> = dirty.iter().map(|r| r.values.clone()).collect();
-        write_rows(tx, table.name, &names, rows, &conflict).await?;
+        if !added.is_empty() {
+            write_rows(tx, table.name, &names, added, "").await?;
+        }
+        if !changed.is_empty() {
+            let keys = names[..table.key].join(", ");
+            let updates = names[table.key..]
+                .iter()
+                .map(|n| format!("{n} = excluded.{n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let conflict = if updates.is_empty() {
+                format!("ON CONFLICT ({keys}) DO NOTHING")
+            } else {
+                format!("ON CONFLICT ({keys}) DO UPDATE SET {updates}")
+            };
+            write_rows(tx, table.name, &names, changed, &conflict).await?;
+        }
         for slot in self.slots.values_mut() {
-            if let Slot::Dirty(_) = slot {
-                let Slot::Dirty(record) = std::mem::replace(slot, Slot::Absent) else {
+            if let Slot::Dirty(_) | Slot::Added(_) = slot {
+                let (Slot::Dirty(record) | Slot::Added(record)) =
+                    std::mem::replace(slot, Slot::Absent)
+                else {
                     unreachable!()
                 };
                 *slot = Slot::Clean(record);
@@ -450,6 +465,11 @@ pub(crate) async fn write_rows(
     rows: Vec<Vec<Param>>,
     tail: &str,
 ) -> Result<(), sqlx::Error> {
+    // Plain inserts of more than a few rows go through COPY where the backend has it.
+    const COPY_ROWS_MIN: usize = 64;
+    if tail.is_empty() && rows.len() >= COPY_ROWS_MIN && tx.copy_in(table, columns, &rows).await? {
+        return Ok(());
+    }
     let width = columns.len();
     let per_statement = rows_per_statement(width);
     let head = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));

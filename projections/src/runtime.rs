@@ -80,9 +80,16 @@ pub trait Projection: Send + Sync + 'static {
     /// its statements reach the copies.
     fn tables(&self) -> &'static [&'static str];
 
+    /// The event types `apply` acts on, or `None` for every type. A rebuild reads only
+    /// these from the log; a live runner's batches hold every type, the others included.
+    /// `apply` must ignore any other type, so that both give the same read model.
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
     /// Applies a batch of events, in log order, inside the runner's transaction. The
-    /// batch holds every event of the log in its range, including types the projection
-    /// ignores. An error rolls back everything done here.
+    /// batch holds every event of the log in its range, except, during a rebuild, types
+    /// outside [`Self::event_types`]. An error rolls back everything done here.
     async fn apply(&self, tx: &mut Tx, events: &[RecordedEvent]) -> Result<(), ProjectionError>;
 }
 

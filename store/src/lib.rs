@@ -232,6 +232,23 @@ pub trait EventStore: Send + Sync + 'static {
     /// highest position this call returned.
     async fn read_all(&self, after: u64, limit: usize) -> StoreResult<Vec<RecordedEvent>>;
 
+    /// A slice of the global log: events with `after < position <= until`, in position
+    /// order, at most `limit`, and of those only the ones whose type is in `types` (all of
+    /// them for `None`). A rebuild reads the log this way, several slices at once and
+    /// without the types its projection ignores. The slice is complete only if `until` is
+    /// at most a position that `head_position` returned: below that, every event has
+    /// committed.
+    async fn read_range(
+        &self,
+        after: u64,
+        until: u64,
+        types: Option<&[&str]>,
+        limit: usize,
+    ) -> StoreResult<Vec<RecordedEvent>>;
+
+    /// How many events the log holds at positions up to `until`.
+    async fn count_until(&self, until: u64) -> StoreResult<u64>;
+
     /// The newest committed position (0 for an empty log).
     async fn head_position(&self) -> StoreResult<u64>;
 

@@ -421,8 +421,10 @@ impl CopyRows {
     }
 }
 
-/// One value in COPY's text format.
-fn copy_field(out: &mut Vec<u8>, value: &[u8]) {
+/// One value in COPY's text format (`COPY … FROM STDIN`, tab-separated columns): a
+/// backslash, tab, newline or carriage return in it is escaped so that it reads back as
+/// itself. Also used by the projections' bulk writes.
+pub fn copy_field(out: &mut Vec<u8>, value: &[u8]) {
     for &b in value {
         match b {
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -501,6 +503,40 @@ impl EventStore for PgEventStore {
             .bind(saturating_i64(after))
             .bind(read_limit(limit));
         bounded(self.fetch_events(query)).await
+    }
+
+    async fn read_range(
+        &self,
+        after: u64,
+        until: u64,
+        types: Option<&[&str]>,
+        limit: usize,
+    ) -> StoreResult<Vec<RecordedEvent>> {
+        if limit == 0 || until <= after || types.is_some_and(<[&str]>::is_empty) {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "{SELECT_EVENT_COLUMNS} WHERE position > $1 AND position <= $2 \
+             AND ($3::text[] IS NULL OR event_type = ANY($3)) ORDER BY position LIMIT $4"
+        );
+        let query = sqlx::query(&sql)
+            .bind(saturating_i64(after))
+            .bind(saturating_i64(until))
+            .bind(types.map(<[&str]>::to_vec))
+            .bind(read_limit(limit));
+        bounded(self.fetch_events(query)).await
+    }
+
+    async fn count_until(&self, until: u64) -> StoreResult<u64> {
+        let count: i64 = bounded(async {
+            sqlx::query_scalar("SELECT count(*) FROM events WHERE position <= $1")
+                .bind(saturating_i64(until))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)
+        })
+        .await?;
+        decode_stored_position("event count", count)
     }
 
     async fn head_position(&self) -> StoreResult<u64> {

@@ -316,6 +316,43 @@ impl EventStore for SqliteEventStore {
         .await
     }
 
+    async fn read_range(
+        &self,
+        after: u64,
+        until: u64,
+        types: Option<&[&str]>,
+        limit: usize,
+    ) -> StoreResult<Vec<RecordedEvent>> {
+        if limit == 0 || until <= after || types.is_some_and(<[&str]>::is_empty) {
+            return Ok(Vec::new());
+        }
+        let filter = types.map_or(String::new(), |types| {
+            let marks: Vec<String> = (0..types.len()).map(|i| format!("?{}", i + 4)).collect();
+            format!(" AND event_type IN ({})", marks.join(", "))
+        });
+        let sql = format!(
+            "{SELECT_EVENT_COLUMNS} WHERE position > ?1 AND position <= ?2{filter} \
+             ORDER BY position LIMIT ?3"
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(saturating_i64(after))
+            .bind(saturating_i64(until))
+            .bind(read_limit(limit));
+        for event_type in types.unwrap_or_default() {
+            query = query.bind(*event_type);
+        }
+        self.fetch_events(query).await
+    }
+
+    async fn count_until(&self, until: u64) -> StoreResult<u64> {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE position <= ?1")
+            .bind(saturating_i64(until))
+            .fetch_one(&self.readers)
+            .await
+            .map_err(unavailable)?;
+        decode_stored_position("event count", count)
+    }
+
     async fn head_position(&self) -> StoreResult<u64> {
         let head: i64 = sqlx::query_scalar(HEAD_SQL)
             .fetch_one(&self.readers)

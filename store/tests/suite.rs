@@ -187,6 +187,7 @@ both_backends!(
     conflict_when_new_stream_already_exists,
     invalid_batches_are_rejected,
     read_partition_and_read_all_order_and_limits,
+    read_range_slices_and_filters_by_type,
     checkpoints_save_load_overwrite,
     head_watch_advances_after_append,
     other_instances_appends_are_seen,
@@ -650,6 +651,109 @@ async fn read_partition_and_read_all_order_and_limits(store: Arc<dyn EventStore>
     assert_eq!(
         store.partitions().await.unwrap(),
         vec!["show-1".to_owned(), "show-2".to_owned()]
+    );
+}
+
+async fn read_range_slices_and_filters_by_type(store: Arc<dyn EventStore>, _db: &TestDb) {
+    // 30 events of three types over two partitions, appended in 10 batches.
+    let types = ["SeatHeld", "SeatReleased", "WaitlistJoined"];
+    for round in 0..10u64 {
+        let partition = if round % 2 == 0 { "show-1" } else { "show-2" };
+        let batch_events = (0..3)
+            .map(|i| {
+                new_event(
+                    types[(round as usize + i) % 3],
+                    json!({ "round": round, "i": i }),
+                )
+            })
+            .collect();
+        store
+            .append(batch(
+                partition,
+                vec![stream(&format!("stream-{round}"), 0, batch_events)],
+            ))
+            .await
+            .unwrap();
+    }
+    let everything = all_events(&store).await;
+    assert_eq!(everything.len(), 30);
+    let head = store.head_position().await.unwrap();
+    let positions =
+        |events: &[RecordedEvent]| events.iter().map(|e| e.position).collect::<Vec<_>>();
+    let within = |after: u64, until: u64, wanted: Option<&[&str]>| {
+        everything
+            .iter()
+            .filter(|e| e.position > after && e.position <= until)
+            .filter(|e| wanted.is_none_or(|w| w.contains(&e.event_type.as_str())))
+            .map(|e| e.position)
+            .collect::<Vec<_>>()
+    };
+
+    // Unfiltered, a range is the log between its bounds, events whole.
+    let all = store.read_range(0, head, None, 100).await.unwrap();
+    assert_eq!(all, everything);
+    let (a, b) = (everything[4].position, everything[17].position);
+    assert_eq!(
+        positions(&store.read_range(a, b, None, 100).await.unwrap()),
+        within(a, b, None)
+    );
+    // The limit keeps the first events of the range.
+    assert_eq!(
+        positions(&store.read_range(a, b, None, 5).await.unwrap()),
+        within(a, b, None)[..5]
+    );
+
+    // Filtered: only the types asked for, in log order.
+    let wanted: &[&str] = &["SeatReleased", "WaitlistJoined"];
+    let filtered = store.read_range(0, head, Some(wanted), 100).await.unwrap();
+    assert_eq!(positions(&filtered), within(0, head, Some(wanted)));
+    assert_eq!(filtered.len(), 20);
+    assert!(
+        filtered
+            .iter()
+            .all(|e| wanted.contains(&e.event_type.as_str()))
+    );
+    // Slices of 7 positions, put together, give the same events as one read.
+    let mut sliced = Vec::new();
+    let mut after = 0;
+    while after < head {
+        let until = (after + 7).min(head);
+        sliced.extend(
+            store
+                .read_range(after, until, Some(wanted), 7)
+                .await
+                .unwrap(),
+        );
+        after = until;
+    }
+    assert_eq!(sliced, filtered);
+
+    // Empty ranges, no types, a zero limit.
+    assert!(store.read_range(b, a, None, 10).await.unwrap().is_empty());
+    assert!(store.read_range(a, a, None, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .read_range(0, head, Some(&[]), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.read_range(0, head, None, 0).await.unwrap().is_empty());
+    assert!(
+        store
+            .read_range(0, head, Some(&["NoSuchType"]), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Counting.
+    assert_eq!(store.count_until(head).await.unwrap(), 30);
+    assert_eq!(store.count_until(u64::MAX).await.unwrap(), 30);
+    assert_eq!(store.count_until(0).await.unwrap(), 0);
+    assert_eq!(
+        store.count_until(b).await.unwrap(),
+        within(0, b, None).len() as u64
     );
 }
 

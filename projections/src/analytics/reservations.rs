@@ -63,6 +63,10 @@ impl Projection for ReservationsProjection {
         &["reservations"]
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(&ReservationEvent::TYPES)
+    }
+
     async fn apply(&self, tx: &mut Tx, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
         let mut decoded = Vec::new();
         for event in events {

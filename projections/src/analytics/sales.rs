@@ -130,6 +130,10 @@ impl Projection for SalesProjection {
         ]
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(&TYPES)
+    }
+
     async fn apply(&self, tx: &mut Tx, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
         let mut decoded = Vec::new();
         let (mut tiers, mut prices, mut reservations) = (Vec::new(), Vec::new(), Vec::new());

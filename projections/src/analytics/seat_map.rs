@@ -103,6 +103,10 @@ impl Projection for SeatMapProjection {
         &["seat_map", "seat_map_ga", "seat_map_shows"]
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(&TYPES)
+    }
+
     async fn apply(&self, tx: &mut Tx, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
         let mut decoded = Vec::new();
         let (mut shows, mut seats, mut sections) = (Vec::new(), Vec::new(), Vec::new());

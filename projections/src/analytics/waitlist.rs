@@ -52,6 +52,10 @@ impl Projection for WaitlistProjection {
         &["waitlist_entries"]
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(&WaitlistEvent::TYPES)
+    }
+
     async fn apply(&self, tx: &mut Tx, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
         let mut decoded = Vec::new();
         for event in events {
