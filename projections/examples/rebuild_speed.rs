@@ -227,6 +227,11 @@ async fn main() {
                     .await
                     .expect("vacuum");
             }
+            // And the WAL those writes made is flushed now rather than by a checkpoint in
+            // the middle of the measurement (best effort: it needs a privileged role).
+            if let Err(e) = sqlx::query("CHECKPOINT").execute(pg).await {
+                eprintln!("no CHECKPOINT before the rebuild: {e}");
+            }
         }
         if let TablePool::Sqlite(lite) = &pool {
             // The same for SQLite: the WAL the last run's swap grew (hundreds of MB, which
