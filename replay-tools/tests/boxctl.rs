@@ -38,17 +38,10 @@ async fn backends() -> Vec<Backend> {
     }];
     match std::env::var("DATABASE_URL") {
         Ok(base) if base.starts_with("postgres") => {
-            let name = format!("boxctl_test_{}", Uuid::new_v4().simple());
-            let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            conn.close().await.ok();
-            let (prefix, _) = base.rsplit_once('/').unwrap();
+            let url = boxoffice_tests::fresh_postgres_url(&base).await;
             all.push(Backend {
                 name: "postgres",
-                url: format!("{prefix}/{name}"),
+                url,
             });
         }
         _ => println!("skipped: PostgreSQL (DATABASE_URL not set); running on SQLite only"),

@@ -30,7 +30,6 @@ use parquet::basic::{LogicalType, TimeUnit, Type as PhysicalType};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use serde_json::{Value, json};
-use sqlx::Connection;
 use uuid::Uuid;
 
 /// A CSV record by column name.
@@ -54,17 +53,10 @@ async fn backends() -> Vec<Backend> {
     }];
     match std::env::var("DATABASE_URL") {
         Ok(base) if base.starts_with("postgres") => {
-            let name = format!("boxctl_export_{}", Uuid::new_v4().simple());
-            let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            conn.close().await.ok();
-            let (prefix, _) = base.rsplit_once('/').unwrap();
+            let url = boxoffice_tests::fresh_postgres_url(&base).await;
             all.push(Backend {
                 name: "postgres",
-                url: format!("{prefix}/{name}"),
+                url,
                 dir: dir.join("postgres"),
             });
         }

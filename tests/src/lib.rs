@@ -49,12 +49,80 @@ pub fn fresh_sqlite_url() -> String {
     format!("sqlite://{}", dir.join("events.db").display())
 }
 
-/// Creates a new database on the server of `base_url` and returns its URL.
+/// Test databases whose name says they were made longer ago than this are dropped by the
+/// next test process that makes one.
+const TEST_DATABASE_STALE_SECS: u64 = 3 * 60 * 60;
+/// The names of the databases the test suites make start with `boxoffice_test_`; earlier
+/// versions of the `boxctl` suites used these too.
+const TEST_DATABASE_PREFIXES: [&str; 4] = [
+    "boxoffice_test_",
+    "boxctl_test_",
+    "boxctl_export_",
+    "boxctl_reconcile_",
+];
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs()
+}
+
+/// Whether `name` is a test database made before `cutoff` (Unix seconds). Names are
+/// `boxoffice_test_<seconds>_<hex>`; a name of an earlier form (a prefix and 32 hex digits,
+/// no time) is old by now.
+fn is_stale_test_database(name: &str, cutoff: u64) -> bool {
+    let Some(rest) = TEST_DATABASE_PREFIXES
+        .iter()
+        .find_map(|prefix| name.strip_prefix(prefix))
+    else {
+        return false;
+    };
+    match rest.split_once('_') {
+        Some((made, _)) => made.parse::<u64>().is_ok_and(|made| made < cutoff),
+        None => rest.len() == 32 && rest.bytes().all(|b| b.is_ascii_hexdigit()),
+    }
+}
+
+/// Drops the test databases of earlier runs, once per process: a test drops its database
+/// only if it gets to its end, and suites that failed or were interrupted left theirs on a
+/// server that CI and later runs share. A database still in use is not dropped (no
+/// `FORCE`), so a run in progress elsewhere keeps its own.
+async fn reap_stale_test_databases(conn: &mut sqlx::PgConnection) {
+    static REAPED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    REAPED
+        .get_or_init(|| async {
+            let cutoff = unix_now().saturating_sub(TEST_DATABASE_STALE_SECS);
+            let names: Vec<String> = sqlx::query_scalar("SELECT datname::text FROM pg_database")
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap_or_default();
+            for name in names.iter().filter(|n| is_stale_test_database(n, cutoff)) {
+                // The name is one of ours (checked above): letters, digits and underscores.
+                if let Err(e) = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+                    .execute(&mut *conn)
+                    .await
+                {
+                    println!("left the test database {name} of an earlier run: {e}");
+                }
+            }
+        })
+        .await;
+}
+
+/// Creates a new database on the server of `base_url` and returns its URL. Its name
+/// carries the time it was made, so that a later run can tell it is stale if this one
+/// never drops it (see `reap_stale_test_databases`).
 pub async fn fresh_postgres_url(base_url: &str) -> String {
-    let name = format!("boxoffice_test_{}", uuid::Uuid::new_v4().simple());
+    let name = format!(
+        "boxoffice_test_{}_{}",
+        unix_now(),
+        uuid::Uuid::new_v4().simple()
+    );
     let mut conn = sqlx::PgConnection::connect(base_url)
         .await
         .expect("connect to DATABASE_URL");
+    reap_stale_test_databases(&mut conn).await;
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut conn)
         .await
@@ -64,6 +132,40 @@ pub async fn fresh_postgres_url(base_url: &str) -> String {
         .rsplit_once('/')
         .expect("a database URL has a path");
     format!("{prefix}/{name}")
+}
+
+#[cfg(test)]
+mod test_databases {
+    use super::is_stale_test_database;
+
+    #[test]
+    fn only_old_test_databases_are_stale() {
+        let cutoff = 1_800_000_000;
+        assert!(is_stale_test_database(
+            "boxoffice_test_1799999999_0123456789abcdef0123456789abcdef",
+            cutoff
+        ));
+        assert!(!is_stale_test_database(
+            "boxoffice_test_1800000000_0123456789abcdef0123456789abcdef",
+            cutoff
+        ));
+        // The earlier form, without a time.
+        assert!(is_stale_test_database(
+            "boxctl_reconcile_0123456789abcdef0123456789abcdef",
+            cutoff
+        ));
+        assert!(!is_stale_test_database("boxoffice_test_short", cutoff));
+        // Not ours at all.
+        for name in [
+            "test",
+            "postgres",
+            "boxoffice",
+            "bench",
+            "boxoffice_bench_1",
+        ] {
+            assert!(!is_stale_test_database(name, cutoff), "{name}");
+        }
+    }
 }
 
 pub async fn open(url: &str) -> Arc<dyn EventStore> {
