@@ -4,9 +4,10 @@
 //! (`boxctl rebuild`, or a test comparing a rebuild with the live read model).
 //!
 //! The new read model is built into shadow tables (TEMP copies of the projection's tables,
-//! see `shadow.rs`) on a connection of its own, one transaction per batch, while the real
-//! tables and the checkpoint stay as they are and keep serving. Once a read of the log
-//! comes back short of a full batch (the shadow is near the head), one transaction locks
+//! see `shadow.rs`) on a connection of its own, one transaction per slice of the log,
+//! while the real tables and the checkpoint stay as they are and keep serving. Only the
+//! event types the projection applies are read, two slices at a time (ADR 0013). Once the
+//! shadow is less than a slice behind the head, one transaction locks
 //! the checkpoint, checks that its version is still the one the real tables held when the
 //! rebuild began, applies what is left of the log to the shadow, replaces the real
 //! tables' rows with the shadow's and sets the checkpoint to (the code's version, the
@@ -307,24 +308,24 @@ async fn build_and_swap(
     };
     // What was appended since the last read, and at least up to where a live runner of
     // the real tables got: the read model must not move back behind what `wait_for` has
-    // already promised.
-    loop {
-        let events = store.read_all(position, batch_events_max).await?;
-        if let Some(last) = events.last().map(|e| e.position) {
-            check_order(name, position, &events);
+    // already promised. A runner applied up to `stored_position` after reading it from
+    // this log, so the head is at least there.
+    let head = store.head_position().await?;
+    assert!(
+        head >= stored_position,
+        "the log of {name} ends at {head}, before its checkpoint {stored_position}"
+    );
+    while position < head {
+        let until = position.saturating_add(batch_events_max as u64).min(head);
+        let events = store
+            .read_range(position, until, types, batch_events_max)
+            .await?;
+        check_order(name, position, &events);
+        if !events.is_empty() {
             projection.apply(&mut tx, &events).await?;
-            position = last;
             applied += events.len() as u64;
         }
-        if events.len() < batch_events_max && position >= stored_position {
-            break;
-        }
-        // A runner applied up to `stored_position` after reading it from this log, so a
-        // later read returns at least that far.
-        assert!(
-            !events.is_empty(),
-            "the log of {name} ends at {position}, before its checkpoint {stored_position}"
-        );
+        position = until;
     }
     shadow.copy_into_place(&mut tx).await?;
     let updated = tx

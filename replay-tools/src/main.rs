@@ -437,6 +437,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             "projection": report.name,
                             "version": report.version,
                             "events": report.events,
+                            "applied": report.applied,
                             "position": report.position,
                             "elapsed_seconds": report.elapsed.as_secs_f64(),
                             "events_per_second": report.events_per_second().round(),
@@ -446,11 +447,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else {
                     writeln!(
                         out,
-                        "rebuilt {} (version {}): {} events to position {} in {:.2} s ({:.0} events/s)",
+                        "rebuilt {} (version {}): {} events to position {} ({} of its types applied) \
+                         in {:.2} s ({:.0} events/s)",
                         report.name,
                         report.version,
                         report.events,
                         report.position,
+                        report.applied,
                         report.elapsed.as_secs_f64(),
                         report.events_per_second()
                     )?;

@@ -17,6 +17,7 @@ use boxoffice_domain::{
     Clock, Command, EntryId, ManualClock, Minor, OrderId, PaymentId, RandomIds, ReservationId,
     ShowId, TicketId, UserId,
 };
+use boxoffice_projections::{OrdersProjection, Projection};
 use boxoffice_store::chain::ChainKey;
 use boxoffice_store::{AppendBatch, EventMetadata, EventStore, NewEvent, StreamAppend};
 use chrono::{DateTime, Duration, Utc};
@@ -615,6 +616,19 @@ async fn boxctl_replays_travels_verifies_and_exports_a_real_log() {
             json!(log.last().unwrap().position),
             "{name}"
         );
+        // Every event of the log counts; only those of the types orders acts on are read.
+        let everything = store.read_all(0, 100_000).await.unwrap();
+        assert_eq!(rebuilt["events"], json!(everything.len()), "{name}");
+        let types = OrdersProjection.event_types().expect("orders filters");
+        let of_its_types = everything
+            .iter()
+            .filter(|e| types.contains(&e.event_type.as_str()))
+            .count();
+        assert!(
+            0 < of_its_types && of_its_types < everything.len(),
+            "{name}"
+        );
+        assert_eq!(rebuilt["applied"], json!(of_its_types), "{name}");
         let clean = ok(boxctl(url, &["verify", "--now", &now]), name);
         assert!(!clean.contains("rule projection"), "{name}: {clean}");
         read_side.shutdown().await;
