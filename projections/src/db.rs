@@ -103,7 +103,8 @@ pub fn position_param(position: u64) -> Param {
     Param::Int(i64::try_from(position).expect("log positions fit in i64"))
 }
 
-/// How SQLite stores a timestamp.
+/// How SQLite stores a timestamp (RFC 3339, microseconds, `Z`); also how a COPY gives one
+/// to PostgreSQL.
 pub fn sqlite_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
@@ -300,13 +301,14 @@ pub async fn fetch_optional(
 fn copy_value(out: &mut Vec<u8>, value: &Param) {
     use boxoffice_store::postgres::copy_field;
     use std::io::Write;
-    let time = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     match value {
         Param::Text(v) | Param::OptText(Some(v)) => copy_field(out, v.as_bytes()),
         Param::Int(v) | Param::OptInt(Some(v)) => {
             write!(out, "{v}").expect("writing to a Vec");
         }
-        Param::Time(v) | Param::OptTime(Some(v)) => out.extend_from_slice(time(v).as_bytes()),
+        Param::Time(v) | Param::OptTime(Some(v)) => {
+            out.extend_from_slice(sqlite_time(*v).as_bytes());
+        }
         Param::Json(v) => copy_field(out, v.to_string().as_bytes()),
         Param::Bytes(v) => {
             // bytea's hex input, `\x…`; its backslash escaped for COPY.
