@@ -65,8 +65,9 @@ async fn own_reservation(
         .ok_or_else(not_found)?;
     let owner = app
         .engine
-        .query(show, move |s| s.reservation(id).map(|r| r.user_id))
+        .reservation(show, id)
         .await?
+        .map(|r| r.user_id)
         .ok_or_else(not_found)?;
     if owner != caller.user_id {
         if caller.has(Role::Support) {
@@ -123,10 +124,7 @@ pub async fn checkout(
             .min(WAIT_SECONDS_MAX),
     );
     let (show, id) = own_reservation(&app, &caller, &id).await?;
-    let status = app
-        .engine
-        .query(show, move |s| s.reservation(id).map(|r| r.status))
-        .await?;
+    let status = app.engine.reservation(show, id).await?.map(|r| r.status);
     if status == Some(ReservationStatus::Expired) {
         return Err(ApiError::new(
             StatusCode::GONE,
@@ -150,7 +148,7 @@ pub async fn checkout(
     let _ = tokio::time::timeout(wait, done.wait_for(|finished| *finished)).await;
     let reservation = app
         .engine
-        .query(show, move |s| s.reservation(id).cloned())
+        .reservation(show, id)
         .await?
         .ok_or_else(|| ApiError::not_found("reservation_not_found", "reservation"))?;
     let body = ReservationView::new(&reservation, &show.to_string());

@@ -36,10 +36,7 @@ async fn locate(app: &AppState, caller: &Caller, raw: &str) -> ApiResult<(ShowId
     let show = crate::cluster::show_of(app, id.0)
         .await
         .ok_or_else(not_found)?;
-    let owner = app
-        .engine
-        .query(show, move |s| s.reservation(id).map(|r| r.user_id))
-        .await?;
+    let owner = app.engine.reservation(show, id).await?.map(|r| r.user_id);
     // Support staff (and admins) see any reservation; a buyer only their own, and
     // another buyer's is "not found" rather than "forbidden" so that ids do not leak.
     if owner.is_none() || (owner != Some(caller.user_id) && !caller.has(Role::Support)) {
@@ -72,11 +69,9 @@ async fn get_reservation(
     let (show, id) = locate(&app, &caller, &id).await?;
     let body = app
         .engine
-        .query(show, move |s| {
-            s.reservation(id)
-                .map(|r| ReservationView::new(r, &show.to_string()))
-        })
+        .reservation(show, id)
         .await?
+        .map(|r| ReservationView::new(&r, &show.to_string()))
         .ok_or_else(|| ApiError::not_found("reservation_not_found", "reservation"))?;
     Ok(axum::Json(body).into_response())
 }

@@ -332,6 +332,14 @@ impl SeatMaps {
             }
             view.position = recorded.position;
         }
+        // The seat map needs no closed reservation: none takes an event again, so they
+        // leave, and a long on-sale keeps this copy as flat as the engine's (ADR 0014).
+        for view in views.values() {
+            view.write()
+                .expect("show lock")
+                .state
+                .evict_closed(0, u64::MAX);
+        }
         self.publish(after, followed);
         self.position.send_replace(last);
         Ok(true)

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration as StdDuration;
 
-use boxoffice_domain::booking::BookingError;
+use boxoffice_domain::booking::{BookingError, refusal_for_closed};
+use boxoffice_domain::event::reservation_stream;
 use boxoffice_domain::reservation::ReservationEvent;
 use boxoffice_domain::{Command, DomainEvent, ReservationId, ShowId, ShowState};
 use boxoffice_store::{
@@ -72,6 +73,9 @@ struct InFlight {
     events: u64,
     task: JoinHandle<StoreResult<AppendResult>>,
     started: Instant,
+    /// The reservations closed up to and by this batch ([`ShowState::closes`]): once it
+    /// commits, they may be forgotten.
+    closes: u64,
 }
 
 /// How an append ended.
@@ -519,7 +523,47 @@ impl Actor {
         self.position = position;
         self.loaded = true;
         self.sales_were_open = false;
+        self.forget_closed(u64::MAX);
         Ok(())
+    }
+
+    /// Forgets the closed reservations beyond the ones the engine keeps, among the first
+    /// `committed` closes (those the store has): their streams take no event again, and
+    /// a command or a read about one reads it back from the log.
+    fn forget_closed(&mut self, committed: u64) {
+        let keep = self.shared.config.closed_reservations_kept;
+        for id in self.state.evict_closed(keep, committed) {
+            self.versions.remove(&reservation_stream(id));
+        }
+    }
+
+    /// Answers a command about a reservation the state does not have. A closed one it no
+    /// longer keeps is read back from its stream and refused as the state refused it
+    /// while it kept it (a closed reservation changes no more, so the answer may come
+    /// after later commands'); one the log does not have under this show is not found.
+    fn answer_from_log(
+        &self,
+        p: Pending,
+        reservation: ReservationId,
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
+        let store = Arc::clone(&self.shared.store);
+        let show = self.show;
+        tokio::spawn(async move {
+            let answer =
+                match crate::engine::closed_reservation(store.as_ref(), show, reservation).await {
+                    Ok(Some(r)) => match refusal_for_closed(&r, &p.command, now) {
+                        Some(refusal) => Err(EngineError::Domain(refusal)),
+                        // Not closed, yet not in the state: it cannot be decided here.
+                        None => Err(EngineError::Unavailable(format!(
+                            "reservation {reservation} is in the log but not in the show's state"
+                        ))),
+                    },
+                    Ok(None) => Err(EngineError::Domain(BookingError::ReservationNotFound)),
+                    Err(e) => Err(e),
+                };
+            let _ = p.reply.send(answer);
+        });
     }
 
     fn index_objects(&self, ids: &[Uuid]) {
@@ -603,6 +647,13 @@ impl Actor {
                     break;
                 }
             };
+            if let Err(BookingError::ReservationNotFound) = &result
+                && let Some(id) = target
+                && !matches!(p.command, Command::Hold(_))
+            {
+                self.answer_from_log(p, id, now);
+                continue;
+            }
             let view = match &result {
                 Ok((_, Some(id))) => self.state.reservation(*id).cloned(),
                 _ => None,
@@ -674,6 +725,7 @@ impl Actor {
             events,
             task,
             started: Instant::now(),
+            closes: self.state.closes(),
         })
     }
 
@@ -687,6 +739,7 @@ impl Actor {
             mut prepared,
             events,
             started,
+            closes,
             ..
         } = flight;
         self.shared
@@ -714,6 +767,7 @@ impl Actor {
                     prepared.decided,
                     result.last_position,
                 );
+                self.forget_closed(closes);
                 Settled::Committed
             }
             Err(StoreError::Fenced { epoch, .. }) => {

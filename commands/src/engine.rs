@@ -30,6 +30,10 @@ pub struct EngineConfig {
     /// Longest a timer sleeps before looking at the clock again, so that a clock jump
     /// (or a clock in a test) is noticed.
     pub timer_sleep_ms_max: u64,
+    /// Closed reservations (expired, cancelled, failed, refunded) a show keeps in memory,
+    /// the most recently closed; older ones are read back from the log when a command or
+    /// a read names them, so memory stays flat over a long on-sale.
+    pub closed_reservations_kept: usize,
 }
 
 impl Default for EngineConfig {
@@ -40,6 +44,7 @@ impl Default for EngineConfig {
             conflict_retries_max: 16,
             load_page_events: 10_000,
             timer_sleep_ms_max: 1_000,
+            closed_reservations_kept: 1_000,
         }
     }
 }
@@ -143,6 +148,46 @@ pub(crate) struct Shared {
     pub object_shows: RwLock<HashMap<Uuid, ShowId>>,
     /// Show ownership across nodes; `None`: this engine owns every show it touches.
     pub cluster: Option<Arc<Cluster>>,
+}
+
+/// A reservation as its stream in the log tells it, if the stream is there and in
+/// `show`'s partition.
+pub(crate) async fn closed_reservation(
+    store: &dyn EventStore,
+    show: ShowId,
+    id: ReservationId,
+) -> Result<Option<Reservation>, EngineError> {
+    let stream = boxoffice_domain::event::reservation_stream(id);
+    let recorded = store
+        .read_stream(&stream, 0)
+        .await
+        .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+    if recorded
+        .first()
+        .is_none_or(|first| first.partition_key != show.to_string())
+    {
+        return Ok(None);
+    }
+    let mut events = Vec::with_capacity(recorded.len());
+    for r in &recorded {
+        match boxoffice_domain::DomainEvent::decode(&r.event_type, r.schema_version, &r.payload) {
+            Ok(boxoffice_domain::DomainEvent::Reservation(e)) => events.push(e),
+            Ok(other) => {
+                return Err(EngineError::ShowStopped(format!(
+                    "event at position {} in {stream} is a {}",
+                    r.position,
+                    other.event_type()
+                )));
+            }
+            Err(e) => {
+                return Err(EngineError::ShowStopped(format!(
+                    "event at position {} in {stream}: {e}",
+                    r.position
+                )));
+            }
+        }
+    }
+    Ok(boxoffice_domain::reservation::replay(&events))
 }
 
 /// The write engine. Cheap to share behind an `Arc`.
@@ -290,6 +335,23 @@ impl Engine {
         answer
             .await
             .map_err(|_| EngineError::ShowStopped("the actor ended before answering".into()))?
+    }
+
+    /// A reservation of the show, as committed: from the show's state, or, for a closed
+    /// reservation the state no longer keeps (`EngineConfig::closed_reservations_kept`),
+    /// read back from its stream. `None` if the show has no such reservation.
+    pub async fn reservation(
+        &self,
+        show: ShowId,
+        id: ReservationId,
+    ) -> Result<Option<Reservation>, EngineError> {
+        if let Some(r) = self
+            .query(show, move |s| s.reservation(id).cloned())
+            .await?
+        {
+            return Ok(Some(r));
+        }
+        closed_reservation(self.shared.store.as_ref(), show, id).await
     }
 
     /// The show a reservation belongs to, if this engine has seen it.

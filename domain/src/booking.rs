@@ -4,7 +4,7 @@
 //! append) are decided here by asking each aggregate's `decide`, and every event is
 //! applied through each aggregate's `apply`. Pure: time and ids come in with the command.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 
@@ -271,6 +271,11 @@ pub struct ShowState {
     /// Held reservations by expiry, for the timers (rule 4).
     hold_deadlines: BTreeSet<(DateTime<Utc>, ReservationId)>,
     seats_available: u32,
+    /// Closed reservations still kept, in the order they closed, each with its number
+    /// among all closes (see [`ShowState::evict_closed`]).
+    closed: VecDeque<(u64, ReservationId)>,
+    /// How many reservations have closed, kept or not.
+    closes: u64,
 }
 
 /// Seats and places freed or taken by the events decided so far in one command, so
@@ -352,6 +357,8 @@ impl ShowState {
             user_active: HashMap::new(),
             hold_deadlines: BTreeSet::new(),
             seats_available: 0,
+            closed: VecDeque::new(),
+            closes: 0,
         }
     }
 
@@ -389,6 +396,46 @@ impl ShowState {
     /// The reservation an earlier hold with this user's idempotency key created.
     pub fn reservation_for_key(&self, user: UserId, key: &str) -> Option<ReservationId> {
         self.idempotency.get(&(user, key.to_string())).copied()
+    }
+
+    /// How many reservations have closed so far (the number the next close gets).
+    pub fn closes(&self) -> u64 {
+        self.closes
+    }
+
+    /// Forgets the oldest closed reservations, so that at most `keep` stay, taking only
+    /// those among the first `before` closes (a writer passes the closes it has
+    /// committed). Returns the ids forgotten.
+    ///
+    /// A closed reservation takes no command again: every one about it is refused, the
+    /// same way whatever else happens, and [`refusal_for_closed`] gives that refusal from
+    /// the reservation read back from its stream. So the write side can keep only its
+    /// open and its `keep` most recently closed reservations in memory and stay flat over
+    /// a long on-sale. What changes: a hold repeating an idempotency key of a forgotten
+    /// reservation is a new hold (the API's own key store answers repeats first, for 24
+    /// hours). The result does not depend on when this is called: it always keeps the
+    /// last `keep` of the closes it may take.
+    pub fn evict_closed(&mut self, keep: usize, before: u64) -> Vec<ReservationId> {
+        let mut evicted = Vec::new();
+        while self.closed.len() > keep {
+            let Some(&(number, id)) = self.closed.front() else {
+                break;
+            };
+            if number >= before {
+                break;
+            }
+            self.closed.pop_front();
+            if let Some(r) = self.reservations.remove(&id)
+                && let Some(key) = r.idempotency_key
+            {
+                let key = (r.user_id, key);
+                if self.idempotency.get(&key) == Some(&id) {
+                    self.idempotency.remove(&key);
+                }
+            }
+            evicted.push(id);
+        }
+        evicted
     }
 
     pub fn seats_available(&self) -> u32 {
@@ -1457,6 +1504,10 @@ impl ShowState {
         if before.has_seats() && !after.has_seats() {
             *self.user_tickets.get_mut(&r.user_id).expect("ticket count") -= r.items.quantity();
         }
+        if !before.is_closed() && after.is_closed() {
+            self.closed.push_back((self.closes, r.reservation_id));
+            self.closes += 1;
+        }
     }
 
     fn build_layout(&mut self, definition: &ShowDefinition) {
@@ -1573,6 +1624,61 @@ impl ShowState {
         }
         Ok(())
     }
+}
+
+/// What [`ShowState::decide`] answers `command` about `r`, a closed reservation the state
+/// no longer keeps ([`ShowState::evict_closed`]): the refusal it gave while it kept it.
+/// `None` when `r` is not closed or the command is not about a reservation.
+///
+/// A closed reservation refuses every command at its first check, on its status alone,
+/// and the show-level checks before it (the show exists) pass for any reservation's
+/// show, so the reservation as its stream tells it is all the answer needs.
+pub fn refusal_for_closed(
+    r: &Reservation,
+    command: &Command,
+    now: DateTime<Utc>,
+) -> Option<BookingError> {
+    if !r.status.is_closed() {
+        return None;
+    }
+    let command = match command.clone() {
+        Command::Cancel { by, .. } => ReservationCommand::Cancel { by },
+        Command::Expire { .. } => ReservationCommand::Expire,
+        Command::StartPayment {
+            payment_id,
+            payment_token,
+            ..
+        } => ReservationCommand::StartPayment {
+            payment_id,
+            // Never reached: the status is checked first.
+            deadline: now,
+            payment_token,
+        },
+        Command::CapturePayment {
+            payment_id,
+            amount,
+            provider_ref,
+            ..
+        } => ReservationCommand::CapturePayment {
+            payment_id,
+            amount,
+            provider_ref,
+        },
+        Command::FailPayment {
+            payment_id, reason, ..
+        } => ReservationCommand::FailPayment { payment_id, reason },
+        Command::TimeOutPayment { payment_id, .. } => {
+            ReservationCommand::TimeOutPayment { payment_id }
+        }
+        Command::IssueTickets {
+            order_id, tickets, ..
+        } => ReservationCommand::IssueTickets { order_id, tickets },
+        Command::Refund { .. } => ReservationCommand::Refund { amount: r.total },
+        _ => return None,
+    };
+    let refusal = reservation::decide(r, command, now)
+        .expect_err("a closed reservation refuses every command");
+    Some(refusal.into())
 }
 
 #[cfg(test)]

@@ -1294,3 +1294,258 @@ fn an_update_is_all_or_nothing_and_validated_as_a_whole() {
         Err(BookingError::ShowCancelled)
     );
 }
+
+/// Every command about a reservation, as a command about `id`.
+fn commands_about(id: ReservationId) -> Vec<Command> {
+    vec![
+        Command::Cancel {
+            reservation_id: id,
+            by: "u".into(),
+        },
+        Command::Expire { reservation_id: id },
+        Command::StartPayment {
+            reservation_id: id,
+            payment_id: pay(90),
+            payment_token: None,
+        },
+        Command::CapturePayment {
+            reservation_id: id,
+            payment_id: pay(1),
+            amount: Minor(12_000),
+            provider_ref: None,
+        },
+        Command::FailPayment {
+            reservation_id: id,
+            payment_id: pay(1),
+            reason: "late".into(),
+        },
+        Command::TimeOutPayment {
+            reservation_id: id,
+            payment_id: pay(1),
+        },
+        Command::IssueTickets {
+            reservation_id: id,
+            order_id: order(1),
+            tickets: Vec::new(),
+        },
+        Command::Refund { reservation_id: id },
+    ]
+}
+
+#[test]
+fn closed_reservations_can_be_forgotten_and_are_refused_the_same_way() {
+    let keyed = |n: u128, u: u128, seat: &str| {
+        Command::Hold(HoldRequest {
+            reservation_id: rsv(n),
+            user_id: user(u),
+            idempotency_key: Some(format!("k{n}")),
+            selection: seats(&[seat]),
+        })
+    };
+    let ticket = |seat: &str| Ticket {
+        ticket_id: crate::ids::TicketId(Uuid::from_u128(1)),
+        seat: Some(seat.to_string()),
+        section: None,
+        code: "c".into(),
+    };
+    let mut state = ShowState::new(show_id());
+    let mut log = Vec::new();
+    let mut now = t0();
+    let mut run = |state: &mut ShowState, now: DateTime<Utc>, c: Command| {
+        let events = state
+            .decide(c.clone(), now)
+            .unwrap_or_else(|e| panic!("{c:?}: {e:?}"));
+        for e in &events {
+            state.apply(e);
+        }
+        log.extend(events);
+    };
+    run(
+        &mut state,
+        now,
+        Command::Show(ShowCommand::Schedule {
+            show_id: show_id(),
+            organizer_id: organizer(),
+            definition: definition().into(),
+        }),
+    );
+    // 1 expires, 2 is cancelled, 3's payment fails, 4 is refunded, 5 stays paid, 6 held.
+    for (n, seat) in [
+        (1, "101-A-1"),
+        (2, "101-A-2"),
+        (3, "101-A-3"),
+        (4, "101-A-4"),
+    ] {
+        run(&mut state, now, keyed(n, n, seat));
+    }
+    now += Duration::seconds(10);
+    run(&mut state, now, keyed(5, 5, "101-B-1"));
+    for (n, p) in [(3, 3), (4, 4), (5, 5)] {
+        run(
+            &mut state,
+            now,
+            Command::StartPayment {
+                reservation_id: rsv(n),
+                payment_id: pay(p),
+                payment_token: None,
+            },
+        );
+    }
+    run(
+        &mut state,
+        now,
+        Command::Cancel {
+            reservation_id: rsv(2),
+            by: "u".into(),
+        },
+    );
+    run(
+        &mut state,
+        now,
+        Command::FailPayment {
+            reservation_id: rsv(3),
+            payment_id: pay(3),
+            reason: "declined".into(),
+        },
+    );
+    for (n, seat, price) in [(4, "101-A-4", 12_000), (5, "101-B-1", 6_000)] {
+        run(
+            &mut state,
+            now,
+            Command::CapturePayment {
+                reservation_id: rsv(n),
+                payment_id: pay(n),
+                amount: Minor(price),
+                provider_ref: None,
+            },
+        );
+        run(
+            &mut state,
+            now,
+            Command::IssueTickets {
+                reservation_id: rsv(n),
+                order_id: order(n),
+                tickets: vec![ticket(seat)],
+            },
+        );
+    }
+    run(
+        &mut state,
+        now,
+        Command::Refund {
+            reservation_id: rsv(4),
+        },
+    );
+    now += Duration::seconds(600);
+    run(
+        &mut state,
+        now,
+        Command::Expire {
+            reservation_id: rsv(1),
+        },
+    );
+    run(&mut state, now, keyed(6, 6, "101-B-2"));
+    let closed = [rsv(2), rsv(3), rsv(4), rsv(1)];
+    assert_eq!(state.closes(), 4);
+
+    // While kept, the refusal read from the reservation alone is the state's.
+    let mut refusals = Vec::new();
+    for id in closed {
+        let r = state.reservation(id).unwrap().clone();
+        for c in commands_about(id) {
+            let refusal = refusal_for_closed(&r, &c, now).expect("closed");
+            assert_eq!(state.decide(c.clone(), now), Err(refusal.clone()), "{c:?}");
+            refusals.push((c, r.clone(), refusal));
+        }
+    }
+    for open in [rsv(5), rsv(6)] {
+        let r = state.reservation(open).unwrap();
+        assert!(
+            refusal_for_closed(
+                r,
+                &Command::Expire {
+                    reservation_id: open
+                },
+                now
+            )
+            .is_none()
+        );
+    }
+
+    // Only the first `before` closes go, and `keep` stay.
+    let replayed = ShowState::replay(show_id(), &log);
+    let mut forgetting = state.clone();
+    assert_eq!(forgetting.evict_closed(1, 2), [rsv(2), rsv(3)]);
+    assert_eq!(forgetting.evict_closed(1, 2), []);
+    assert_eq!(forgetting.evict_closed(1, u64::MAX), [rsv(4)]);
+    assert_eq!(forgetting.evict_closed(0, u64::MAX), [rsv(1)]);
+    forgetting.check_invariants().unwrap();
+    // Whenever it is done, forgetting leaves the same state.
+    let mut at_once = replayed;
+    at_once.evict_closed(0, u64::MAX);
+    assert_eq!(forgetting, at_once);
+    for id in closed {
+        assert!(forgetting.reservation(id).is_none());
+    }
+    for (c, r, refusal) in refusals {
+        assert_eq!(
+            forgetting.decide(c.clone(), now),
+            Err(BookingError::ReservationNotFound)
+        );
+        assert_eq!(refusal_for_closed(&r, &c, now), Some(refusal));
+    }
+    // Open and paid reservations stay, with their keys; a forgotten key is free again.
+    assert!(forgetting.reservation(rsv(5)).is_some());
+    assert_eq!(forgetting.reservation_for_key(user(6), "k6"), Some(rsv(6)));
+    assert_eq!(forgetting.reservation_for_key(user(1), "k1"), None);
+    assert_eq!(forgetting.tickets_of(user(5)), 1);
+    let again = Command::Hold(HoldRequest {
+        reservation_id: rsv(7),
+        user_id: user(1),
+        idempotency_key: Some("k1".into()),
+        selection: seats(&["101-A-1"]),
+    });
+    assert_eq!(state.decide(again.clone(), now), Ok(vec![]));
+    assert!(!forgetting.decide(again, now).unwrap().is_empty());
+}
+
+#[test]
+fn a_reservation_replays_from_its_stream() {
+    let g = given_show()
+        .when_ok(hold(1, 1, seats(&["101-A-1"])))
+        .when_ok(Command::Cancel {
+            reservation_id: rsv(1),
+            by: "u".into(),
+        });
+    let mut log = Vec::new();
+    let mut state = ShowState::new(show_id());
+    for c in [
+        Command::Show(ShowCommand::Schedule {
+            show_id: show_id(),
+            organizer_id: organizer(),
+            definition: definition().into(),
+        }),
+        hold(1, 1, seats(&["101-A-1"])),
+        Command::Cancel {
+            reservation_id: rsv(1),
+            by: "u".into(),
+        },
+    ] {
+        for e in state.decide(c, t0()).unwrap() {
+            state.apply(&e);
+            log.push(e);
+        }
+    }
+    let stream: Vec<&ReservationEvent> = log
+        .iter()
+        .filter_map(|e| match e {
+            DomainEvent::Reservation(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reservation::replay(stream).as_ref(),
+        g.state.reservation(rsv(1))
+    );
+    assert_eq!(reservation::replay(std::iter::empty()), None);
+}

@@ -38,6 +38,18 @@ impl ReservationStatus {
                 | ReservationStatus::Confirmed
         )
     }
+
+    /// Whether the reservation is over for good: no command can change it again (it
+    /// expired, was cancelled, its payment failed, or it was refunded).
+    pub fn is_closed(&self) -> bool {
+        matches!(
+            self,
+            ReservationStatus::Expired
+                | ReservationStatus::Cancelled
+                | ReservationStatus::PaymentFailed
+                | ReservationStatus::Refunded
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -473,6 +485,16 @@ pub fn place(event: &ReservationEvent) -> Reservation {
         }
         other => panic!("{} before ReservationPlaced", other.event_type()),
     }
+}
+
+/// A reservation from its stream's events, in version order (`None` for none).
+pub fn replay<'e>(events: impl IntoIterator<Item = &'e ReservationEvent>) -> Option<Reservation> {
+    let mut events = events.into_iter();
+    let mut r = place(events.next()?);
+    for e in events {
+        apply(&mut r, e);
+    }
+    Some(r)
 }
 
 /// Applies an event to an existing reservation; asserts the transition is one `decide`

@@ -1273,8 +1273,9 @@ impl Fixer {
         }
         let status = self
             .engine
-            .query(show, move |s| s.reservation(reservation).map(|r| r.status))
-            .await?;
+            .reservation(show, reservation)
+            .await?
+            .map(|r| r.status);
         Ok(match status {
             Some(ReservationStatus::Held) | None => Outcome::NotFixed {
                 reason: match sent {

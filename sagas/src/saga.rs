@@ -587,10 +587,7 @@ impl PaymentSettler {
         let mut pause = SETTLE_NOW_PAUSE_MIN;
         let mut last = Step::Retry;
         for _ in 0..passes_max {
-            let current = self
-                .engine
-                .query(show, move |state| state.reservation(reservation).cloned())
-                .await?;
+            let current = self.engine.reservation(show, reservation).await?;
             let Some(r) = current else {
                 last = Step::Stop;
                 break;
@@ -612,10 +609,7 @@ impl PaymentSettler {
                 Step::Wait(_) | Step::Stop => break,
             }
         }
-        let reservation = self
-            .engine
-            .query(show, move |state| state.reservation(reservation).cloned())
-            .await?;
+        let reservation = self.engine.reservation(show, reservation).await?;
         Ok(Settled { reservation, last })
     }
 
@@ -873,7 +867,7 @@ impl PaymentSettler {
     ) -> Result<Reservation, RefundError> {
         let r = self
             .engine
-            .query(show, move |state| state.reservation(reservation).cloned())
+            .reservation(show, reservation)
             .await?
             .ok_or(RefundError::NotPaid)?;
         match r.status {
@@ -946,7 +940,7 @@ impl PaymentSettler {
                 // Refunded by a concurrent request in between.
                 let now = self
                     .engine
-                    .query(show, move |state| state.reservation(reservation).cloned())
+                    .reservation(show, reservation)
                     .await?
                     .ok_or(RefundError::NotPaid)?;
                 if now.status == ReservationStatus::Refunded {

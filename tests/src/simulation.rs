@@ -24,7 +24,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use boxoffice_commands::{CommandMeta, Engine, EngineConfig, EngineError};
-use boxoffice_domain::booking::{HoldRequest, Selection, ShowState};
+use boxoffice_domain::booking::{HoldRequest, Selection, ShowState, refusal_for_closed};
 use boxoffice_domain::reservation::{Items, PaymentStatus, ReservationStatus, Ticket};
 use boxoffice_domain::show::{Limits, ShowCommand};
 use boxoffice_domain::{
@@ -77,6 +77,9 @@ pub struct SimStats {
     pub payments: usize,
     /// Holds of named seats accepted (the mix must reach that path).
     pub named_holds: usize,
+    /// Commands about a closed reservation the engine no longer kept in memory, refused
+    /// from the reservation read back from the log.
+    pub refused_from_log: usize,
 }
 
 impl SimStats {
@@ -89,6 +92,7 @@ impl SimStats {
         self.tickets_issued += other.tickets_issued;
         self.payments += other.payments;
         self.named_holds += other.named_holds;
+        self.refused_from_log += other.refused_from_log;
     }
 }
 
@@ -289,6 +293,11 @@ struct World {
     ids: Arc<SequentialIds>,
     store: Arc<dyn EventStore>,
     engine: Arc<Engine>,
+    /// Closed reservations the engine keeps (`EngineConfig::closed_reservations_kept`):
+    /// most seeds keep 0 to 3, so that commands keep meeting forgotten ones.
+    closed_kept: usize,
+    /// A replay of the whole log as of the last check, forgetting nothing.
+    full: ShowState,
     /// Sim-made ids come from here (the engine's own from `ids`), both deterministic.
     next_id: u64,
     /// The provider's side: each payment's fate.
@@ -299,6 +308,21 @@ struct World {
     log: Vec<RecordedEvent>,
     trace: Vec<String>,
     stats: SimStats,
+}
+
+/// The reservation a command is about, if any.
+fn command_reservation(command: &Command) -> Option<ReservationId> {
+    match command {
+        Command::Cancel { reservation_id, .. }
+        | Command::Expire { reservation_id }
+        | Command::StartPayment { reservation_id, .. }
+        | Command::CapturePayment { reservation_id, .. }
+        | Command::FailPayment { reservation_id, .. }
+        | Command::TimeOutPayment { reservation_id, .. }
+        | Command::IssueTickets { reservation_id, .. }
+        | Command::Refund { reservation_id } => Some(*reservation_id),
+        _ => None,
+    }
 }
 
 /// Picks one of `items` with `pick`, or `None` when there are none.
@@ -313,7 +337,11 @@ impl World {
         ));
         let ids = Arc::new(SequentialIds::starting_at(1 << 40));
         let store = open(&url).await;
-        let engine = Self::engine(&store, &clock, &ids);
+        let closed_kept = match seed % 5 {
+            4 => EngineConfig::default().closed_reservations_kept,
+            kept => kept as usize,
+        };
+        let engine = Self::engine(&store, &clock, &ids, closed_kept);
         let mut world = Self {
             seed,
             url,
@@ -325,6 +353,8 @@ impl World {
             ids,
             store,
             engine,
+            closed_kept,
+            full: ShowState::new(ShowId(Uuid::from_u64_pair(seed, 0x5eed))),
             next_id: 1,
             fates: BTreeMap::new(),
             sent: Vec::new(),
@@ -364,12 +394,16 @@ impl World {
         store: &Arc<dyn EventStore>,
         clock: &Arc<ManualClock>,
         ids: &Arc<SequentialIds>,
+        closed_kept: usize,
     ) -> Arc<Engine> {
         Engine::new(
             Arc::clone(store),
             Arc::clone(clock) as Arc<dyn Clock>,
             Arc::clone(ids) as Arc<dyn boxoffice_domain::IdSource>,
-            EngineConfig::default(),
+            EngineConfig {
+                closed_reservations_kept: closed_kept,
+                ..EngineConfig::default()
+            },
         )
     }
 
@@ -388,11 +422,46 @@ impl World {
     /// Sends a command; a domain refusal is an answer, anything else breaks the run.
     async fn send(&mut self, command: Command, actor: &str) -> Result<bool, String> {
         let described = describe(&command);
-        match self
+        // A closed reservation changes no more: whatever happened since the last check,
+        // the engine must refuse a command about it as a state that kept it does,
+        // whether it still keeps it or reads it back from the log.
+        let closed = command_reservation(&command)
+            .and_then(|id| self.full.reservation(id))
+            .filter(|r| r.status.is_closed())
+            .cloned();
+        let kept = match &closed {
+            Some(r) => {
+                let id = r.reservation_id;
+                self.engine
+                    .query(self.show, move |s| s.reservation(id).is_some())
+                    .await
+                    .map_err(|e| format!("query failed: {e}"))?
+            }
+            None => true,
+        };
+        let answer = self
             .engine
-            .execute(self.show, command, CommandMeta::new(actor))
-            .await
-        {
+            .execute(self.show, command.clone(), CommandMeta::new(actor))
+            .await;
+        if let Some(r) = &closed {
+            let expected = refusal_for_closed(r, &command, self.clock.now())
+                .ok_or("a closed reservation's refusal is known")?;
+            match &answer {
+                Err(EngineError::Domain(refusal)) if *refusal == expected => {
+                    if !kept {
+                        self.stats.refused_from_log += 1;
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "{described} about closed {} (kept in memory: {kept}) answered \
+                         {other:?}, not {expected:?}",
+                        r.reservation_id
+                    ));
+                }
+            }
+        }
+        match answer {
             Ok(outcome) => {
                 self.stats.accepted += 1;
                 self.trace
@@ -498,7 +567,9 @@ impl World {
                 }
             }
             Op::StrayExpire { pick } => {
-                let any = self.reservations(|_| true).await?;
+                // Any reservation ever placed, kept in memory or not.
+                let mut any: Vec<ReservationId> = self.full.reservations.keys().copied().collect();
+                any.sort();
                 if let Some(id) = choose(&any, pick) {
                     self.send(Command::Expire { reservation_id: id }, "timer")
                         .await?;
@@ -586,7 +657,7 @@ impl World {
     ) -> Result<(), String> {
         let r = self
             .engine
-            .query(self.show, move |s| s.reservation(reservation).cloned())
+            .reservation(self.show, reservation)
             .await
             .map_err(|e| format!("query failed: {e}"))?
             .ok_or("a reservation in payment vanished")?;
@@ -663,7 +734,7 @@ impl World {
         self.engine.shutdown().await;
         self.stats.restarts += 1;
         self.store = open(&self.url).await;
-        self.engine = Self::engine(&self.store, &self.clock, &self.ids);
+        self.engine = Self::engine(&self.store, &self.clock, &self.ids, self.closed_kept);
         self.engine
             .load_all()
             .await
@@ -689,6 +760,11 @@ impl World {
         let (_, replayed) = check_log(self.show, &self.log)?;
         check_payments(&self.log, None)?;
         let live = self.state().await?;
+        self.full = replayed.clone();
+        // The engine forgets all but the last closed reservations; a replay forgetting
+        // the same must equal it.
+        let mut replayed = replayed;
+        replayed.evict_closed(self.closed_kept, u64::MAX);
         if live != replayed {
             return Err(format!(
                 "the engine's state differs from a replay of the log ({} events)",

@@ -393,3 +393,199 @@ async fn seats_freed_while_sales_are_closed_go_to_the_waitlist_when_sales_open_b
         engine.shutdown().await;
     }
 }
+
+/// A show keeps only its open and its most recently closed reservations in memory; an
+/// older closed one is read back from the log, by reads and by commands, which it refuses
+/// exactly as before. A restart keeps the same ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_reservations_leave_memory_and_are_read_back_from_the_log() {
+    use boxoffice_domain::PaymentId;
+    use boxoffice_domain::booking::BookingError;
+    use boxoffice_domain::reservation::ReservationError;
+
+    const KEPT: usize = 2;
+    for backend in backends().await {
+        let store = open(&backend.url).await;
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let keeping = |store: &Arc<dyn EventStore>| {
+            Engine::new(
+                Arc::clone(store),
+                Arc::clone(&clock) as Arc<dyn Clock>,
+                Arc::new(RandomIds),
+                EngineConfig {
+                    closed_reservations_kept: KEPT,
+                    ..EngineConfig::default()
+                },
+            )
+        };
+        let engine_1 = keeping(&store);
+        let show = schedule(&engine_1, 60).await;
+        let other_show = schedule(&engine_1, 60).await;
+        let mut closed = Vec::new();
+        let place = |n: u32| {
+            let engine = Arc::clone(&engine_1);
+            async move {
+                let user = UserId(uuid::Uuid::now_v7());
+                let seat = format!("S-R0-{n}");
+                let placed = engine
+                    .execute(show, hold(user, &[&seat], Some("k")), CommandMeta::new("t"))
+                    .await
+                    .unwrap()
+                    .reservation
+                    .unwrap();
+                (user, placed.reservation_id)
+            }
+        };
+        // Five holds: four are cancelled, then the first expires; a sixth stays open.
+        let mut ids = Vec::new();
+        for n in 1..=5 {
+            ids.push(place(n).await);
+        }
+        clock.advance(Duration::seconds(30));
+        for &(user, id) in &ids[1..] {
+            let cancelled = engine_1
+                .execute(
+                    show,
+                    Command::Cancel {
+                        reservation_id: id,
+                        by: user.to_string(),
+                    },
+                    CommandMeta::new("t"),
+                )
+                .await
+                .unwrap()
+                .reservation
+                .unwrap();
+            closed.push(cancelled);
+        }
+        let (_, open_id) = place(6).await;
+        clock.advance(Duration::seconds(35));
+        engine_1.tick(show).await.unwrap();
+        closed.push(engine_1.reservation(show, ids[0].1).await.unwrap().unwrap());
+        assert_eq!(closed[4].status, ReservationStatus::Expired);
+        let (kept, open_count) = engine_1
+            .query(show, |s| {
+                (
+                    s.reservations.len(),
+                    s.reservations
+                        .values()
+                        .filter(|r| !r.status.is_closed())
+                        .count(),
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!((kept, open_count), (KEPT + 1, 1), "{}", backend.name);
+        assert_eq!(
+            status(&engine_1, show, open_id).await,
+            ReservationStatus::Held
+        );
+
+        // Every closed reservation reads as it was when it closed, kept or not.
+        for r in &closed {
+            let read = engine_1.reservation(show, r.reservation_id).await.unwrap();
+            assert_eq!(read.as_ref(), Some(r), "{}", backend.name);
+        }
+        let forgotten = closed[0].reservation_id;
+        assert!(
+            engine_1
+                .query(show, move |s| s.reservation(forgotten).is_none())
+                .await
+                .unwrap()
+        );
+        // Commands about a forgotten one are refused as a kept one's are.
+        let refusals = [
+            (
+                Command::Cancel {
+                    reservation_id: forgotten,
+                    by: "again".into(),
+                },
+                BookingError::ReservationNotHeld,
+            ),
+            (
+                Command::StartPayment {
+                    reservation_id: forgotten,
+                    payment_id: PaymentId(uuid::Uuid::now_v7()),
+                    payment_token: None,
+                },
+                BookingError::ReservationNotHeld,
+            ),
+            (
+                Command::Refund {
+                    reservation_id: forgotten,
+                },
+                BookingError::Payment(ReservationError::NotConfirmed),
+            ),
+            (
+                Command::Expire {
+                    reservation_id: forgotten,
+                },
+                BookingError::ReservationNotHeld,
+            ),
+        ];
+        for (command, refusal) in refusals {
+            match engine_1
+                .execute(show, command.clone(), CommandMeta::new("t"))
+                .await
+            {
+                Err(EngineError::Domain(e)) => assert_eq!(e, refusal, "{command:?}"),
+                other => panic!("{command:?} on {}: {other:?}", backend.name),
+            }
+        }
+        // Ids the show never had, or another show has, are not found.
+        let stranger = engine_1
+            .execute(
+                other_show,
+                hold(UserId(uuid::Uuid::now_v7()), &["S-R0-1"], None),
+                CommandMeta::new("t"),
+            )
+            .await
+            .unwrap()
+            .reservation
+            .unwrap()
+            .reservation_id;
+        for id in [stranger, ReservationId(uuid::Uuid::now_v7())] {
+            assert_eq!(engine_1.reservation(show, id).await.unwrap(), None);
+            match engine_1
+                .execute(
+                    show,
+                    Command::Cancel {
+                        reservation_id: id,
+                        by: "t".into(),
+                    },
+                    CommandMeta::new("t"),
+                )
+                .await
+            {
+                Err(EngineError::Domain(BookingError::ReservationNotFound)) => {}
+                other => panic!("cancelling {id} of another show: {other:?}"),
+            }
+        }
+        // A forgotten reservation's key is free again; a kept one's still answers.
+        let (user, _) = ids[1];
+        let again = engine_1
+            .execute(
+                show,
+                hold(user, &["S-R1-1"], Some("k")),
+                CommandMeta::new("t"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(again.events, 2, "{}", backend.name);
+
+        // A restart keeps the same reservations in memory.
+        let before = engine_1.query(show, |s| s.clone()).await.unwrap();
+        engine_1.shutdown().await;
+        let engine_2 = keeping(&open(&backend.url).await);
+        engine_2.load_all().await.unwrap();
+        let after = engine_2.query(show, |s| s.clone()).await.unwrap();
+        assert!(
+            before == after,
+            "{}: the state differs after a restart",
+            backend.name
+        );
+        let log = partition(&store, show).await;
+        check_log(show, &log).unwrap();
+        engine_2.shutdown().await;
+    }
+}

@@ -508,5 +508,15 @@ async fn a_page_publishes_only_what_it_changed() {
             backend.name
         );
         assert_eq!(changes.try_recv().unwrap_err(), TryRecvError::Empty);
+        // The seat map keeps no closed reservation (ADR 0014): the cancelled one left its
+        // copy of the show's state, the two open ones are there.
+        let state = &view.read().unwrap().state;
+        assert!(
+            state.reservation(back_and_forth).is_none(),
+            "{}",
+            backend.name
+        );
+        assert_eq!(state.reservations.len(), 2, "{}", backend.name);
+        assert_eq!(state.closes(), 1);
     }
 }

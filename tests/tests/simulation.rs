@@ -37,7 +37,8 @@ async fn a_thousand_seeded_worlds_keep_every_rule() {
         Ok(stats) => {
             println!(
                 "{count} seeds in {:.1}s: {} steps, {} commands accepted, {} refused, {} events, \
-                 {} payments, {} ticket issues, {} holds of named seats, {} crash-restarts",
+                 {} payments, {} ticket issues, {} holds of named seats, {} crash-restarts, \
+                 {} refusals of forgotten reservations read back from the log",
                 started.elapsed().as_secs_f64(),
                 stats.steps,
                 stats.accepted,
@@ -46,14 +47,16 @@ async fn a_thousand_seeded_worlds_keep_every_rule() {
                 stats.payments,
                 stats.tickets_issued,
                 stats.named_holds,
-                stats.restarts
+                stats.restarts,
+                stats.refused_from_log
             );
             // The mix must reach the paths it is about, or the run proves little.
             assert!(
                 stats.tickets_issued > 0
                     && stats.restarts > 0
                     && stats.refused > 0
-                    && stats.named_holds > 0,
+                    && stats.named_holds > 0
+                    && stats.refused_from_log > 0,
                 "{stats:?}"
             );
         }
