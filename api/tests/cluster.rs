@@ -121,18 +121,26 @@ fn environment(cmd: &mut Command, url: &str, data: &Path, port: u16, paysim: &st
         .env("RUST_LOG_STYLE", "never");
 }
 
-async fn wait_ready(client: &reqwest::Client, base: &str) {
+/// Waits until the node answers `/readyz` with 200; fails after 60 s with the last answer
+/// and the node's log, so that a slow start can be told from a stuck one.
+async fn wait_ready(client: &reqwest::Client, node: &Node) {
     let started = Instant::now();
     loop {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
-        {
-            return;
+        let answer = match client.get(format!("{}/readyz", node.base)).send().await {
+            Ok(r) if r.status() == 200 => return,
+            Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => e.to_string(),
+        };
+        if started.elapsed() >= Duration::from_secs(60) {
+            let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "{} ({}) not ready after 60 s; last answer: {answer}; its log ends:\n{}",
+                node.base,
+                node.id,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{base} not ready after 60 s"
-        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -236,7 +244,7 @@ async fn cluster_of(name: &str, buyers: usize, node_count: usize) -> Option<Clus
         });
     }
     for node in &nodes {
-        wait_ready(&client, &node.base).await;
+        wait_ready(&client, node).await;
     }
     let organizer = token(&client, &nodes[0].base, "org@cluster.test").await;
     let mut tokens = Vec::new();
