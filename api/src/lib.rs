@@ -62,7 +62,7 @@ use boxoffice_sagas::saga::{PaymentSaga, SagaConfig};
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::seatmap::SeatMaps;
-use crate::state::AppState;
+use crate::state::{AppParts, AppState};
 use boxoffice_store::users::UserDirectory;
 
 /// Largest request body accepted.
@@ -423,7 +423,7 @@ impl Application {
             sales: read_side.sales().clone(),
             sales_at: read_side.sales_projectors(),
         };
-        let state = AppState {
+        let state = AppState::new(AppParts {
             engine,
             seatmaps,
             users,
@@ -439,7 +439,7 @@ impl Application {
             reads,
             web: Arc::new(web::Assets::new(config.web_dir.clone())),
             forwarder,
-        };
+        });
         Ok(Self {
             listener,
             state,

@@ -14,8 +14,28 @@ use crate::auth::Auth;
 use crate::metrics::Metrics;
 use crate::seatmap::SeatMaps;
 
+/// What every handler shares, behind one `Arc`: axum clones the state for each
+/// extractor and layer of every request, and one reference count is cheaper than a
+/// dozen, and than the read views' vectors the fields would copy.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl AppState {
+    pub fn new(parts: AppParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct AppParts {
     pub engine: Arc<Engine>,
     pub seatmaps: Arc<SeatMaps>,
     pub users: Arc<UserDirectory>,
