@@ -532,9 +532,11 @@ impl Actor {
     /// a command or a read about one reads it back from the log.
     fn forget_closed(&mut self, committed: u64) {
         let keep = self.shared.config.closed_reservations_kept;
-        for id in self.state.evict_closed(keep, committed) {
-            self.versions.remove(&reservation_stream(id));
+        let forgotten = self.state.evict_closed(keep, committed);
+        for id in &forgotten {
+            self.versions.remove(&reservation_stream(*id));
         }
+        self.shared.unindex(&forgotten);
     }
 
     /// Answers a command about a reservation the state does not have. A closed one it no

@@ -144,7 +144,9 @@ pub(crate) struct Shared {
     pub ids: Arc<dyn IdSource>,
     pub config: EngineConfig,
     pub stats: EngineStats,
-    /// Which show each known reservation and waitlist entry (by UUID) belongs to.
+    /// Which show each known waitlist entry and each open, paid or recently closed
+    /// reservation (by UUID) belongs to; older closed ones are found in the log
+    /// ([`Engine::locate`]).
     pub object_shows: RwLock<HashMap<Uuid, ShowId>>,
     /// Show ownership across nodes; `None`: this engine owns every show it touches.
     pub cluster: Option<Arc<Cluster>>,
@@ -188,6 +190,20 @@ pub(crate) async fn closed_reservation(
         }
     }
     Ok(boxoffice_domain::reservation::replay(&events))
+}
+
+impl Shared {
+    /// Takes reservations out of the object index ([`Engine::locate`] then finds their
+    /// show in the log).
+    pub(crate) fn unindex(&self, reservations: &[ReservationId]) {
+        if reservations.is_empty() {
+            return;
+        }
+        let mut index = self.object_shows.write().expect("index lock");
+        for r in reservations {
+            index.remove(&r.0);
+        }
+    }
 }
 
 /// The write engine. Cheap to share behind an `Arc`.
@@ -354,7 +370,8 @@ impl Engine {
         closed_reservation(self.shared.store.as_ref(), show, id).await
     }
 
-    /// The show a reservation belongs to, if this engine has seen it.
+    /// The show a reservation belongs to, if this engine has it indexed (it has seen it,
+    /// and it is not closed and forgotten; [`Engine::locate`] also reads the log).
     pub fn show_of(&self, reservation: ReservationId) -> Option<ShowId> {
         self.shared
             .object_shows
@@ -377,6 +394,9 @@ impl Engine {
     /// The show a reservation belongs to, waiting (up to `wait`) for the object index to
     /// catch up with the log when this engine has not seen it: on a node that does not
     /// own the show, the reservation is known only from the log ([`Engine::follow_objects`]).
+    ///
+    /// The index keeps open, paid and recently closed reservations (and every waitlist
+    /// entry); for a reservation closed longer ago, the show is its stream's partition.
     pub async fn locate(&self, object: Uuid, wait: Duration) -> Option<ShowId> {
         let known = || {
             self.shared
@@ -390,12 +410,16 @@ impl Engine {
             return Some(show);
         }
         let mut indexed = self.indexed.subscribe();
-        if !*self.following.borrow() {
-            return None;
+        if *self.following.borrow() {
+            let head = self.shared.store.head_position().await.ok()?;
+            let _ = tokio::time::timeout(wait, indexed.wait_for(|at| *at >= head)).await;
+            if let Some(show) = known() {
+                return Some(show);
+            }
         }
-        let head = self.shared.store.head_position().await.ok()?;
-        let _ = tokio::time::timeout(wait, indexed.wait_for(|at| *at >= head)).await;
-        known()
+        let stream = boxoffice_domain::event::reservation_stream(ReservationId(object));
+        let first = self.shared.store.read_stream(&stream, 0).await.ok()?;
+        first.first()?.partition_key.parse().ok()
     }
 
     /// Indexes every reservation and waitlist entry in the log by its show, from the start
@@ -415,6 +439,29 @@ impl Engine {
                 Ok(events) => {
                     let mut found = Vec::new();
                     for recorded in &events {
+                        if matches!(
+                            recorded.event_type.as_str(),
+                            "HoldExpired"
+                                | "ReservationCancelled"
+                                | "PaymentFailed"
+                                | "PaymentTimedOut"
+                                | "RefundIssued"
+                        ) {
+                            // Closed: it leaves the index (ADR 0014), after its placement.
+                            if let Some(Ok(id)) = recorded
+                                .stream_id
+                                .strip_prefix("reservation-")
+                                .map(str::parse::<ReservationId>)
+                            {
+                                if !found.is_empty() {
+                                    let mut index =
+                                        self.shared.object_shows.write().expect("index lock");
+                                    index.extend(found.drain(..));
+                                }
+                                self.shared.unindex(&[id]);
+                            }
+                            continue;
+                        }
                         if !matches!(
                             recorded.event_type.as_str(),
                             "ReservationPlaced" | "WaitlistJoined"

@@ -493,6 +493,23 @@ async fn closed_reservations_leave_memory_and_are_read_back_from_the_log() {
                 .await
                 .unwrap()
         );
+        // It left the id index too, and is still located, from the log.
+        assert_eq!(engine_1.show_of(forgotten), None, "{}", backend.name);
+        assert_eq!(
+            engine_1
+                .locate(forgotten.0, std::time::Duration::ZERO)
+                .await,
+            Some(show),
+            "{}",
+            backend.name
+        );
+        assert_eq!(engine_1.show_of(open_id), Some(show));
+        assert_eq!(
+            engine_1
+                .locate(uuid::Uuid::now_v7(), std::time::Duration::ZERO)
+                .await,
+            None
+        );
         // Commands about a forgotten one are refused as a kept one's are.
         let refusals = [
             (
@@ -572,6 +589,36 @@ async fn closed_reservations_leave_memory_and_are_read_back_from_the_log() {
             .await
             .unwrap();
         assert_eq!(again.events, 2, "{}", backend.name);
+
+        // A node that follows the log (with several nodes) indexes the open ones only,
+        // and locates closed ones from the log.
+        let follower = keeping(&store);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let following = tokio::spawn(Arc::clone(&follower).follow_objects(stopped));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // The last event of the log is that hold's placement: once it is indexed, every
+        // close before it has been seen.
+        let last = again.reservation.as_ref().unwrap().reservation_id;
+        while follower.show_of(last).is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the follower never indexed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(follower.show_of(open_id), Some(show));
+        for r in &closed {
+            assert_eq!(follower.show_of(r.reservation_id), None, "{}", backend.name);
+            assert_eq!(
+                follower
+                    .locate(r.reservation_id.0, std::time::Duration::ZERO)
+                    .await,
+                Some(show)
+            );
+        }
+        stop.send_replace(true);
+        following.await.unwrap();
+        follower.shutdown().await;
 
         // A restart keeps the same reservations in memory.
         let before = engine_1.query(show, |s| s.clone()).await.unwrap();
