@@ -9,7 +9,9 @@
 //!
 //! Automatic WAL checkpoints are off on the writer, because SQLite would run them inside
 //! the commit that crosses the threshold and double that commit's latency; a background
-//! task checkpoints from a connection of its own instead.
+//! task checkpoints from a connection of its own instead: passively every second, and
+//! with TRUNCATE when the WAL has grown past the journal size limit, since under appends
+//! without a pause the WAL is never found fully copied and would grow by gigabytes.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -48,6 +50,9 @@ const CHECKPOINT_INTERVAL_MS: u64 = 1_000;
 /// The WAL file is truncated back to this size after a checkpoint resets it, so one burst
 /// does not leave a huge file behind.
 const JOURNAL_SIZE_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+/// A WAL longer than this many frames (pages, 4 KiB by default: the journal size limit)
+/// after a passive checkpoint is started again with a TRUNCATE checkpoint.
+const WAL_TRUNCATE_FRAMES: i64 = (JOURNAL_SIZE_LIMIT_BYTES / 4096) as i64;
 
 /// SQLITE_CONSTRAINT_UNIQUE, the extended result code of a unique index violation. In
 /// `events` the only unique index a correct append can hit is `events_stream_version_key`
@@ -647,6 +652,27 @@ async fn checkpoint_periodically(mut conn: SqliteConnection, mut head: watch::Re
                     checkpointed_frames,
                     "SQLite WAL checkpoint"
                 );
+                // The WAL starts again from its beginning only when a writer finds it all
+                // copied into the database; under a steady stream of appends there is
+                // always a newer frame, so a passive checkpoint alone lets the file grow
+                // by gigabytes. A TRUNCATE checkpoint holds the next append back while it
+                // copies the frames since the passive one, and empties the file.
+                if wal_frames > WAL_TRUNCATE_FRAMES {
+                    let started = std::time::Instant::now();
+                    let result: Result<(i64, i64, i64), _> =
+                        sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                            .fetch_one(&mut conn)
+                            .await;
+                    match result {
+                        Ok((busy, wal_frames, _)) => tracing::debug!(
+                            busy,
+                            wal_frames,
+                            millis = started.elapsed().as_millis() as u64,
+                            "SQLite WAL truncated"
+                        ),
+                        Err(error) => tracing::warn!(%error, "SQLite WAL truncation failed"),
+                    }
+                }
             }
             Err(error) => tracing::warn!(%error, "SQLite WAL checkpoint failed"),
         }

@@ -1358,6 +1358,69 @@ async fn sqlite_wal_is_checkpointed_in_background() {
     outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
 }
 
+/// Under appends without a pause the WAL never finds itself fully copied, so it must be
+/// started again on purpose: it grows past the journal size limit (64 MiB) and is emptied
+/// again while the appends go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_wal_stays_bounded_under_appends_without_a_pause() {
+    const LIMIT: u64 = 64 * 1024 * 1024;
+    let db = TestDb::sqlite();
+    let outcome = catch_failure(async {
+        let store = db.open().await;
+        let TestDb::Sqlite { url, .. } = &db else {
+            unreachable!()
+        };
+        let wal = PathBuf::from(format!("{}-wal", url.trim_start_matches("sqlite://")));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let store = Arc::clone(&store);
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let padding = "x".repeat(2_000);
+                let mut round = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let streams = (0..200)
+                        .map(|i| {
+                            stream(
+                                &format!("seat-{round}-{i}"),
+                                0,
+                                vec![new_event("SeatHeld", json!({ "pad": padding }))],
+                            )
+                        })
+                        .collect();
+                    store.append(batch("show-1", streams)).await.unwrap();
+                    round += 1;
+                }
+            })
+        };
+        let size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut grew_past = false;
+        let mut peak = 0;
+        loop {
+            let now = size();
+            peak = peak.max(now);
+            if now > LIMIT {
+                grew_past = true;
+            } else if grew_past && now < LIMIT / 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the WAL was not started again under steady appends (now {now} bytes, \
+                 peak {peak}, past the limit: {grew_past})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.await.unwrap();
+        println!("WAL emptied under steady appends; peak {peak} bytes");
+    })
+    .await;
+    db.cleanup().await;
+    outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
 #[tokio::test]
 async fn postgres_down_is_unavailable_quickly() {
     // Nothing listens on port 1.
