@@ -60,11 +60,35 @@ impl Node {
 
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A stopped process cannot die of SIGKILL until continued.
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
 
+/// A node is killed when it goes out of scope, also when a test fails before its
+/// cluster is whole (a `Child` alone would keep running, holding its database).
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The payment simulator's process, killed when it goes out of scope.
+struct Paysim(Child);
+
+impl Drop for Paysim {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Node {
     fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &self.pid().to_string()])
@@ -82,27 +106,11 @@ impl Node {
 struct Cluster {
     url: String,
     nodes: Vec<Node>,
-    paysim: Child,
+    _paysim: Paysim,
     client: reqwest::Client,
     organizer: String,
     buyers: Vec<String>,
     _dir: PathBuf,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if node.child.is_some() {
-                // A stopped process cannot die of SIGKILL until continued.
-                let _ = Command::new("kill")
-                    .args(["-CONT", &node.pid().to_string()])
-                    .status();
-            }
-            node.kill();
-        }
-        let _ = self.paysim.kill();
-        let _ = self.paysim.wait();
-    }
 }
 
 fn environment(cmd: &mut Command, url: &str, data: &Path, port: u16, paysim: &str) {
@@ -185,24 +193,26 @@ async fn cluster_of(name: &str, buyers: usize, node_count: usize) -> Option<Clus
     // node that dies is finished by the node that takes its show over.
     let paysim_port = free_port();
     let paysim_url = format!("http://127.0.0.1:{paysim_port}");
-    let paysim = Command::new(binary())
-        .arg("paysim")
-        .env("PAYSIM_BIND", format!("127.0.0.1:{paysim_port}"))
-        .env("PAYSIM_DB", dir.join("paysim.db"))
-        .env("PAYSIM_LATENCY_MS", "100")
-        .env(
-            "PAYSIM_WEBHOOK_URL",
-            format!(
-                "http://127.0.0.1:{}/v1/webhooks/payments",
-                ports[node_count - 1]
-            ),
-        )
-        .env("PAYMENT_WEBHOOK_SECRET", "cluster-test-webhooks")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start paysim");
+    let paysim = Paysim(
+        Command::new(binary())
+            .arg("paysim")
+            .env("PAYSIM_BIND", format!("127.0.0.1:{paysim_port}"))
+            .env("PAYSIM_DB", dir.join("paysim.db"))
+            .env("PAYSIM_LATENCY_MS", "100")
+            .env(
+                "PAYSIM_WEBHOOK_URL",
+                format!(
+                    "http://127.0.0.1:{}/v1/webhooks/payments",
+                    ports[node_count - 1]
+                ),
+            )
+            .env("PAYMENT_WEBHOOK_SECRET", "cluster-test-webhooks")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start paysim"),
+    );
 
     // The organizer, with the real CLI against the same database.
     let mut add = Command::new(binary());
@@ -262,7 +272,7 @@ async fn cluster_of(name: &str, buyers: usize, node_count: usize) -> Option<Clus
     Some(Cluster {
         url,
         nodes,
-        paysim,
+        _paysim: paysim,
         client,
         organizer,
         buyers: tokens,
