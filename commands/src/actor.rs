@@ -650,8 +650,7 @@ impl Actor {
                 }
             };
             if let Err(BookingError::ReservationNotFound) = &result
-                && let Some(id) = target
-                && !matches!(p.command, Command::Hold(_))
+                && let Some(id) = p.command.reservation_id()
             {
                 self.answer_from_log(p, id, now);
                 continue;
@@ -1101,20 +1100,6 @@ fn target_reservation(state: &ShowState, command: &Command) -> Option<Reservatio
                 .and_then(|key| state.reservation_for_key(request.user_id, key))
                 .unwrap_or(request.reservation_id),
         ),
-        Command::Cancel { reservation_id, .. }
-        | Command::Expire { reservation_id }
-        | Command::StartPayment { reservation_id, .. }
-        | Command::CapturePayment { reservation_id, .. }
-        | Command::FailPayment { reservation_id, .. }
-        | Command::TimeOutPayment { reservation_id, .. }
-        | Command::IssueTickets { reservation_id, .. }
-        | Command::Refund { reservation_id } => Some(*reservation_id),
-        Command::Show(_)
-        | Command::UpdateShow(_)
-        | Command::BlockSeats { .. }
-        | Command::UnblockSeats { .. }
-        | Command::JoinWaitlist { .. }
-        | Command::LeaveWaitlist { .. }
-        | Command::OfferToWaitlist => None,
+        other => other.reservation_id(),
     }
 }

@@ -437,7 +437,8 @@ impl Engine {
             }
             match store.read_all(after, PAGE).await {
                 Ok(events) => {
-                    let mut found = Vec::new();
+                    // In log order: an id placed (with its show) or closed (`None`).
+                    let mut changes: Vec<(Uuid, Option<ShowId>)> = Vec::new();
                     for recorded in &events {
                         if matches!(
                             recorded.event_type.as_str(),
@@ -447,18 +448,13 @@ impl Engine {
                                 | "PaymentTimedOut"
                                 | "RefundIssued"
                         ) {
-                            // Closed: it leaves the index (ADR 0014), after its placement.
+                            // Closed: it leaves the index (ADR 0014).
                             if let Some(Ok(id)) = recorded
                                 .stream_id
                                 .strip_prefix("reservation-")
                                 .map(str::parse::<ReservationId>)
                             {
-                                if !found.is_empty() {
-                                    let mut index =
-                                        self.shared.object_shows.write().expect("index lock");
-                                    index.extend(found.drain(..));
-                                }
-                                self.shared.unindex(&[id]);
+                                changes.push((id.0, None));
                             }
                             continue;
                         }
@@ -477,12 +473,17 @@ impl Engine {
                             &recorded.payload,
                         ) && let Some(id) = crate::actor::indexed_id(&event)
                         {
-                            found.push((id, show));
+                            changes.push((id, Some(show)));
                         }
                     }
-                    if !found.is_empty() {
+                    if !changes.is_empty() {
                         let mut index = self.shared.object_shows.write().expect("index lock");
-                        index.extend(found);
+                        for (id, show) in changes {
+                            match show {
+                                Some(show) => index.insert(id, show),
+                                None => index.remove(&id),
+                            };
+                        }
                     }
                     if let Some(last) = events.last() {
                         after = last.position;

@@ -116,6 +116,30 @@ pub enum Command {
     OfferToWaitlist,
 }
 
+impl Command {
+    /// The existing reservation the command is about (`Hold` places a new one: `None`).
+    pub fn reservation_id(&self) -> Option<ReservationId> {
+        match self {
+            Command::Cancel { reservation_id, .. }
+            | Command::Expire { reservation_id }
+            | Command::StartPayment { reservation_id, .. }
+            | Command::CapturePayment { reservation_id, .. }
+            | Command::FailPayment { reservation_id, .. }
+            | Command::TimeOutPayment { reservation_id, .. }
+            | Command::IssueTickets { reservation_id, .. }
+            | Command::Refund { reservation_id } => Some(*reservation_id),
+            Command::Show(_)
+            | Command::UpdateShow(_)
+            | Command::Hold(_)
+            | Command::BlockSeats { .. }
+            | Command::UnblockSeats { .. }
+            | Command::JoinWaitlist { .. }
+            | Command::LeaveWaitlist { .. }
+            | Command::OfferToWaitlist => None,
+        }
+    }
+}
+
 /// The fields of a show an organizer may change after scheduling it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ShowUpdate {

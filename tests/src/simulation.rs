@@ -310,21 +310,6 @@ struct World {
     stats: SimStats,
 }
 
-/// The reservation a command is about, if any.
-fn command_reservation(command: &Command) -> Option<ReservationId> {
-    match command {
-        Command::Cancel { reservation_id, .. }
-        | Command::Expire { reservation_id }
-        | Command::StartPayment { reservation_id, .. }
-        | Command::CapturePayment { reservation_id, .. }
-        | Command::FailPayment { reservation_id, .. }
-        | Command::TimeOutPayment { reservation_id, .. }
-        | Command::IssueTickets { reservation_id, .. }
-        | Command::Refund { reservation_id } => Some(*reservation_id),
-        _ => None,
-    }
-}
-
 /// Picks one of `items` with `pick`, or `None` when there are none.
 fn choose<T: Clone>(items: &[T], pick: u64) -> Option<T> {
     (!items.is_empty()).then(|| items[(pick % items.len() as u64) as usize].clone())
@@ -425,7 +410,8 @@ impl World {
         // A closed reservation changes no more: whatever happened since the last check,
         // the engine must refuse a command about it as a state that kept it does,
         // whether it still keeps it or reads it back from the log.
-        let closed = command_reservation(&command)
+        let closed = command
+            .reservation_id()
             .and_then(|id| self.full.reservation(id))
             .filter(|r| r.status.is_closed())
             .cloned();
