@@ -434,6 +434,11 @@ impl Actor {
             return self.refuse_all(error).await;
         }
         tracing::error!(show = %self.show, %reason, "show actor stopped");
+        self.shared
+            .stopped
+            .lock()
+            .expect("stopped lock")
+            .insert(self.show, reason.clone());
         self.mailbox.close();
         while let Some(message) = self.mailbox.recv().await {
             match message {

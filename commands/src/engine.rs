@@ -150,6 +150,9 @@ pub(crate) struct Shared {
     pub object_shows: RwLock<HashMap<Uuid, ShowId>>,
     /// Show ownership across nodes; `None`: this engine owns every show it touches.
     pub cluster: Option<Arc<Cluster>>,
+    /// Why each show whose log does not load stopped its last actor, for a caller whose
+    /// message found that actor gone and its successor stopped too.
+    pub stopped: Mutex<HashMap<ShowId, String>>,
 }
 
 /// A reservation as its stream in the log tells it, if the stream is there and in
@@ -243,6 +246,7 @@ impl Engine {
                 config,
                 stats: EngineStats::default(),
                 object_shows: RwLock::new(HashMap::new()),
+                stopped: Mutex::new(HashMap::new()),
                 cluster,
             }),
             actors: Mutex::new(HashMap::new()),
@@ -583,9 +587,18 @@ impl Engine {
                 }
             }
         }
-        Err(EngineError::ShowStopped(
-            "the show's actor is not running".into(),
-        ))
+        // Both actors stopped before taking the message: the log does not load, and the
+        // reason is the one they gave (a new actor would give it again).
+        let reason = self
+            .shared
+            .stopped
+            .lock()
+            .expect("stopped lock")
+            .get(&show)
+            .cloned();
+        Err(EngineError::ShowStopped(reason.unwrap_or_else(|| {
+            "the show's actor is not running".into()
+        })))
     }
 
     /// The show's mailbox, spawning its actor if none runs; `None` once shutting down

@@ -21,6 +21,7 @@ mod common;
 pub mod idempotency;
 pub mod leases;
 pub mod postgres;
+mod recent;
 pub mod sqlite;
 pub mod tables;
 pub mod users;

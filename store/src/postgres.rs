@@ -25,6 +25,7 @@ use crate::common::{
     decode_link, decode_metadata, decode_position, decode_stored_position, decode_version,
     expected_version_i64, planned_events, read_limit, require_key, saturating_i64, validate,
 };
+use crate::recent::{RecentEvents, recorded_events};
 use crate::{AppendBatch, AppendResult, EventStore, Fence, RecordedEvent, StoreError, StoreResult};
 
 /// The channel every committed append notifies, with its last position as the payload.
@@ -134,6 +135,7 @@ pub struct PgEventStore {
     pool: PgPool,
     chain_key: Option<ChainKey>,
     head: Arc<watch::Sender<u64>>,
+    recent: RecentEvents,
     listener: JoinHandle<()>,
 }
 
@@ -191,6 +193,7 @@ impl PgEventStore {
             pool,
             chain_key,
             head,
+            recent: RecentEvents::default(),
             listener,
         })
     }
@@ -199,7 +202,7 @@ impl PgEventStore {
         &self,
         batch: &AppendBatch,
         fence: Option<Fence>,
-    ) -> StoreResult<AppendResult> {
+    ) -> StoreResult<(AppendResult, Vec<Link>)> {
         let mut stream_ids = Vec::with_capacity(batch.streams.len());
         let mut expected = Vec::with_capacity(batch.streams.len());
         let key = require_key(&self.chain_key)?;
@@ -263,7 +266,8 @@ impl PgEventStore {
             .try_get::<Option<Vec<u8>>, _>("chain")
             .map_err(unavailable)?;
         let previous = decode_link(0, previous)?.unwrap_or(GENESIS);
-        let copy_data = rows.with_links(&chain_links(key, previous, &digests));
+        let links = chain_links(key, previous, &digests);
+        let copy_data = rows.with_links(&links);
 
         let copied = async {
             let mut copy = tx.copy_in_raw(COPY_SQL).await?;
@@ -327,10 +331,11 @@ impl PgEventStore {
             locked_us = lock_acquired.elapsed().as_micros() as u64,
             "append committed"
         );
-        Ok(AppendResult {
+        let result = AppendResult {
             first_position: first as u64,
             last_position: last as u64,
-        })
+        };
+        Ok((result, links))
     }
 
     /// The first stale stream, outside any transaction; used only to name the stream of a
@@ -452,7 +457,10 @@ impl EventStore for PgEventStore {
         fence: Option<Fence>,
     ) -> StoreResult<AppendResult> {
         validate(&batch)?;
-        let result = bounded(self.append_locked(&batch, fence)).await?;
+        let (result, links) = bounded(self.append_locked(&batch, fence)).await?;
+        // Cached before the head moves, so that a reader woken by it finds the events.
+        self.recent
+            .insert(recorded_events(batch, result.first_position, &links));
         advance_head(&self.head, result.last_position);
         Ok(result)
     }
@@ -497,6 +505,9 @@ impl EventStore for PgEventStore {
     async fn read_all(&self, after: u64, limit: usize) -> StoreResult<Vec<RecordedEvent>> {
         if limit == 0 {
             return Ok(Vec::new());
+        }
+        if let Some(events) = self.recent.read(after, limit, *self.head.borrow()) {
+            return Ok(events);
         }
         let sql = format!("{SELECT_EVENT_COLUMNS} WHERE position > $1 ORDER BY position LIMIT $2");
         let query = sqlx::query(&sql)

@@ -29,12 +29,13 @@ use sqlx::{ConnectOptions, Row};
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use tokio::task::JoinHandle;
 
-use crate::chain::{ChainKey, GENESIS};
+use crate::chain::{ChainKey, GENESIS, Link};
 use crate::common::{
     advance_head, assert_contiguous, chain_links, checkpoint_position, content_digests,
     decode_link, decode_metadata, decode_position, decode_stored_position, decode_version,
     expected_version_i64, planned_events, read_limit, require_key, saturating_i64, validate,
 };
+use crate::recent::{RecentEvents, recorded_events};
 use crate::{
     AppendBatch, AppendResult, EventMetadata, EventStore, RecordedEvent, StoreError, StoreResult,
 };
@@ -147,6 +148,7 @@ pub struct SqliteEventStore {
     chain_key: Option<ChainKey>,
     readers: SqlitePool,
     head: Arc<watch::Sender<u64>>,
+    recent: Arc<RecentEvents>,
     checkpointer: Option<JoinHandle<()>>,
 }
 
@@ -227,6 +229,7 @@ impl SqliteEventStore {
             chain_key,
             readers,
             head,
+            recent: Arc::default(),
             checkpointer,
         })
     }
@@ -257,8 +260,11 @@ impl EventStore for SqliteEventStore {
         // future) cannot stop it between BEGIN and COMMIT with the writer mid-transaction.
         // It also advances the head itself, so readers wake even if the caller is gone.
         let head = Arc::clone(&self.head);
+        let recent = Arc::clone(&self.recent);
         let task = tokio::spawn(async move {
-            let result = append_on_writer(writer, batch, encoded, key).await?;
+            let (result, links) = append_on_writer(writer, &batch, encoded, key).await?;
+            // Cached before the head moves, so that a reader woken by it finds the events.
+            recent.insert(recorded_events(batch, result.first_position, &links));
             advance_head(&head, result.last_position);
             Ok(result)
         });
@@ -311,6 +317,9 @@ impl EventStore for SqliteEventStore {
     async fn read_all(&self, after: u64, limit: usize) -> StoreResult<Vec<RecordedEvent>> {
         if limit == 0 {
             return Ok(Vec::new());
+        }
+        if let Some(events) = self.recent.read(after, limit, *self.head.borrow()) {
+            return Ok(events);
         }
         let sql = format!("{SELECT_EVENT_COLUMNS} WHERE position > ?1 ORDER BY position LIMIT ?2");
         self.fetch_events(
@@ -488,10 +497,10 @@ impl EncodedBatch {
 /// COMMIT; ROLLBACK on any failure.
 async fn append_on_writer(
     mut writer: OwnedMutexGuard<Writer>,
-    batch: AppendBatch,
+    batch: &AppendBatch,
     encoded: EncodedBatch,
     key: ChainKey,
-) -> StoreResult<AppendResult> {
+) -> StoreResult<(AppendResult, Vec<Link>)> {
     let writer = &mut *writer;
     rollback_abandoned(writer).await;
     // Marked before BEGIN, so that whatever happens from here on (an error, a panic, a
@@ -501,7 +510,7 @@ async fn append_on_writer(
         .execute(&mut writer.conn)
         .await
         .map_err(unavailable)?;
-    match insert_batch(&mut writer.conn, &batch, &encoded, &key).await {
+    match insert_batch(&mut writer.conn, batch, &encoded, &key).await {
         Ok(result) => {
             if let Err(e) = sqlx::query("COMMIT").execute(&mut writer.conn).await {
                 rollback_abandoned(writer).await;
@@ -523,7 +532,7 @@ async fn insert_batch(
     batch: &AppendBatch,
     encoded: &EncodedBatch,
     key: &ChainKey,
-) -> StoreResult<AppendResult> {
+) -> StoreResult<(AppendResult, Vec<Link>)> {
     if let Some(existing) = &encoded.existing_streams {
         let behind: Option<String> = sqlx::query_scalar(BEHIND_STREAM_SQL)
             .bind(existing)
@@ -541,12 +550,12 @@ async fn insert_batch(
         .await
         .map_err(unavailable)?;
     let previous = decode_link(0, previous.flatten())?.unwrap_or(GENESIS);
-    let links = chain_links(key, previous, &encoded.digests).concat();
+    let links = chain_links(key, previous, &encoded.digests);
     let inserted = sqlx::query(INSERT_SQL)
         .bind(&encoded.events)
         .bind(&batch.partition_key)
         .bind(format_timestamp(batch.recorded_at))
-        .bind(links)
+        .bind(links.concat())
         .execute(&mut *conn)
         .await;
     let inserted = match inserted {
@@ -609,10 +618,11 @@ async fn insert_batch(
         (Some(planned_last.stream_id), Some(planned_last.version)),
         "position {last} is not the last event of the append"
     );
-    Ok(AppendResult {
+    let result = AppendResult {
         first_position: first as u64,
         last_position: last as u64,
-    })
+    };
+    Ok((result, links))
 }
 
 /// Rolls back a transaction that may be left open on the writer by an error, a failed

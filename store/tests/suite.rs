@@ -197,6 +197,7 @@ both_backends!(
     events_are_immutable,
     hash_chain_links_every_partition_across_instances,
     tampering_is_caught_and_named_by_position,
+    recent_reads_equal_the_database,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -1065,6 +1066,9 @@ async fn corrupt_rows_are_reported(store: Arc<dyn EventStore>, db: &TestDb) {
     ))
     .await
     .expect("insert a corrupt row");
+    // The row came from outside, so this instance's head has not moved (a reader up to
+    // its head may be answered from memory); reading the head moves it.
+    assert_eq!(store.head_position().await.unwrap(), good.last_position + 1);
     match store.read_all(0, 10).await {
         Err(StoreError::Corrupt { position, reason }) => {
             assert_eq!(position, good.last_position + 1);
@@ -1160,6 +1164,59 @@ async fn hash_chain_links_every_partition_across_instances(
     ));
 }
 
+/// `read_all` answers this instance's recent appends from memory (ADR 0015). Every read,
+/// whatever its start and limit, must equal what the database returns: the same
+/// positions, versions, payloads (JSON the database stores its own way), metadata, links,
+/// and times to the microsecond, also where another instance's appends leave gaps in
+/// what this one remembers.
+async fn recent_reads_equal_the_database(store: Arc<dyn EventStore>, db: &TestDb) {
+    let other = db.open().await;
+    let odd = json!({"zeta": 1, "alpha": {"b": "ü\"\\\t", "a": [3, 2, 1]}, "n": null,
+        "big": 9_007_199_254_740_993_u64, "neg": i64::MIN, "float": 0.1, "exp": 1.5e300});
+    // Nanoseconds, which both backends store to the microsecond.
+    let at = recorded_at() + chrono::Duration::nanoseconds(789);
+    for round in 0..8u64 {
+        let writer = if round % 3 == 2 { &other } else { &store };
+        for partition in ["show-a", "show-b"] {
+            let mut first = vec![new_event("SeatHeld", odd.clone())];
+            first[0].metadata.causation_id = Some(Uuid::now_v7());
+            let streams = vec![
+                stream(&format!("{partition}-x"), round, first),
+                stream(
+                    &format!("{partition}-{round}"),
+                    0,
+                    events(1 + round as usize % 3),
+                ),
+            ];
+            writer
+                .append(AppendBatch::grouped(partition, streams, at))
+                .await
+                .expect("append");
+        }
+    }
+    let head = store.head_position().await.unwrap();
+    let from_database = |after: u64, limit: usize| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .read_range(after, u64::MAX, None, limit)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(from_database(0, 1000).await.len() as u64, head);
+    for after in 0..=head {
+        for limit in [1, 2, 3, 7, 1000] {
+            let read = store.read_all(after, limit).await.unwrap();
+            assert_eq!(
+                read,
+                from_database(after, limit).await,
+                "read_all({after}, {limit})"
+            );
+        }
+    }
+}
+
 /// Someone with write access to the database but not the key edits one event, removes
 /// one and swaps two: each is reported at the first position whose link no longer holds.
 async fn tampering_is_caught_and_named_by_position(store: Arc<dyn EventStore>, db: &TestDb) {
@@ -1231,7 +1288,12 @@ async fn tampering_is_caught_and_named_by_position(store: Arc<dyn EventStore>, d
     .await
     .expect("tamper");
 
-    let breaks = chain_breaks(&store).await;
+    // This instance answers reads of its own recent appends from memory (ADR 0015): it
+    // still returns what it appended, which is also the proof that the cache answered.
+    assert_eq!(all_events(&store).await, all);
+    // An auditor reads the database itself, as `boxctl verify` does with its own store.
+    let auditor = db.open().await;
+    let breaks = chain_breaks(&auditor).await;
     assert_eq!(
         breaks,
         vec![
