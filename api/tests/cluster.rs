@@ -706,12 +706,17 @@ async fn a_paused_owner_is_fenced_off_and_nothing_is_sold_twice() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // node0's stale append (its expiry of seat 1, or the hold of seat 3) was refused by
-    // the lease epoch: its own log says so.
+    // node0 wrote nothing stale. On waking, two of its timers are overdue: its actor's
+    // (with the queued hold of seat 3) and its lease renewal's. If the actor goes first,
+    // its append is refused by the lease epoch; if the renewal goes first, the actor is
+    // stopped before it decides anything (seen once in a full run here). Its own log
+    // says which; the fence itself is tested deterministically in tests/show_leases.rs.
     let stderr = cluster.nodes[0].output();
+    let fenced = stderr.contains("append fenced off");
+    let stepped_down = stderr.contains("its lease went to another node");
     assert!(
-        stderr.contains("append fenced off"),
-        "node0 never tried a fenced append:\n{stderr}"
+        fenced || stepped_down,
+        "node0 neither tried a fenced append nor stepped down:\n{stderr}"
     );
     let (holds, _) = cluster
         .settle_and_audit(std::slice::from_ref(&show), &[])
@@ -725,10 +730,15 @@ async fn a_paused_owner_is_fenced_off_and_nothing_is_sold_twice() {
         .collect();
     let distinct: HashSet<&&str> = held.iter().collect();
     println!(
-        "sigstop: {holds} holds in the log, {} seat holds on {} seats, node0's stale write \
-         fenced off, rules hold; {:.1} s",
+        "sigstop: {holds} holds in the log, {} seat holds on {} seats, node0 {}, rules \
+         hold; {:.1} s",
         held.len(),
         distinct.len(),
+        if fenced {
+            "tried a stale write and was fenced off"
+        } else {
+            "stepped down before writing"
+        },
         started.elapsed().as_secs_f64()
     );
 }
