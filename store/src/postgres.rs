@@ -25,7 +25,7 @@ use crate::common::{
     decode_link, decode_metadata, decode_position, decode_stored_position, decode_version,
     expected_version_i64, planned_events, read_limit, require_key, saturating_i64, validate,
 };
-use crate::recent::{RecentEvents, recorded_events};
+use crate::recent::RecentEvents;
 use crate::{AppendBatch, AppendResult, EventStore, Fence, RecordedEvent, StoreError, StoreResult};
 
 /// The channel every committed append notifies, with its last position as the payload.
@@ -458,10 +458,8 @@ impl EventStore for PgEventStore {
     ) -> StoreResult<AppendResult> {
         validate(&batch)?;
         let (result, links) = bounded(self.append_locked(&batch, fence)).await?;
-        // Cached before the head moves, so that a reader woken by it finds the events.
         self.recent
-            .insert(recorded_events(batch, result.first_position, &links));
-        advance_head(&self.head, result.last_position);
+            .committed(batch, result.first_position, &links, &self.head);
         Ok(result)
     }
 

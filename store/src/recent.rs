@@ -16,8 +16,10 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, SubsecRound, Utc};
 
+use tokio::sync::watch;
+
 use crate::chain::Link;
-use crate::common::planned_events;
+use crate::common::{advance_head, planned_events};
 use crate::{AppendBatch, RecordedEvent};
 
 /// Events kept: about 1.5 KiB each with their JSON, so a few MiB; at an on-sale's rate
@@ -39,6 +41,24 @@ struct Batches {
 }
 
 impl RecentEvents {
+    /// Remembers a committed append, then moves the head past it: in that order, so that
+    /// a reader woken by the head finds the events here. Both backends call this once their
+    /// append has committed.
+    pub(crate) fn committed(
+        &self,
+        batch: AppendBatch,
+        first_position: u64,
+        links: &[Link],
+        head: &watch::Sender<u64>,
+    ) {
+        let events = recorded_events(batch, first_position, links);
+        let last = events.last().map(|e| e.position);
+        self.insert(events);
+        if let Some(last) = last {
+            advance_head(head, last);
+        }
+    }
+
     /// Remembers a committed append; `events` are contiguous positions.
     pub(crate) fn insert(&self, events: Vec<RecordedEvent>) {
         let Some(first) = events.first().map(|e| e.position) else {
@@ -97,11 +117,7 @@ impl RecentEvents {
 /// The events of a committed append as the log returns them: with their positions from
 /// `first_position`, their versions, their links, and the recorded time as stored (to
 /// the microsecond on both backends).
-pub(crate) fn recorded_events(
-    batch: AppendBatch,
-    first_position: u64,
-    links: &[Link],
-) -> Vec<RecordedEvent> {
+fn recorded_events(batch: AppendBatch, first_position: u64, links: &[Link]) -> Vec<RecordedEvent> {
     let recorded_at: DateTime<Utc> = batch.recorded_at.trunc_subsecs(6);
     // `validate` bounded the versions by i64::MAX.
     let versions: Vec<u64> = planned_events(&batch).map(|p| p.version as u64).collect();

@@ -35,7 +35,7 @@ use crate::common::{
     decode_link, decode_metadata, decode_position, decode_stored_position, decode_version,
     expected_version_i64, planned_events, read_limit, require_key, saturating_i64, validate,
 };
-use crate::recent::{RecentEvents, recorded_events};
+use crate::recent::RecentEvents;
 use crate::{
     AppendBatch, AppendResult, EventMetadata, EventStore, RecordedEvent, StoreError, StoreResult,
 };
@@ -263,9 +263,7 @@ impl EventStore for SqliteEventStore {
         let recent = Arc::clone(&self.recent);
         let task = tokio::spawn(async move {
             let (result, links) = append_on_writer(writer, &batch, encoded, key).await?;
-            // Cached before the head moves, so that a reader woken by it finds the events.
-            recent.insert(recorded_events(batch, result.first_position, &links));
-            advance_head(&head, result.last_position);
+            recent.committed(batch, result.first_position, &links, &head);
             Ok(result)
         });
         match task.await {
