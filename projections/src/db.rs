@@ -468,6 +468,7 @@ const SESSION_CONNECT_MS_MAX: u64 = 10_000;
 /// only replaced if it breaks, and then what lived on it is gone. Callers that rely on
 /// connection-local state must check it is still there in each transaction. Dropping the
 /// session (a cancelled task) closes the connection, which drops its TEMP tables.
+#[derive(Clone)]
 pub struct Session {
     pool: TablePool,
 }
@@ -531,7 +532,7 @@ impl Session {
         fetch_optional(&self.pool, sql, params).await
     }
 
-    /// Closes the connection (after any open transaction ends).
+    /// Closes the connection (after any open transaction ends), for every clone.
     pub async fn close(self) {
         match self.pool {
             TablePool::Postgres(p) => p.close().await,

@@ -35,7 +35,7 @@ use crate::db::{self, position_param};
 use crate::runtime::{
     BATCH_EVENTS_MAX, Projection, ProjectionError, check_tables, load_checkpoint, lock_checkpoint,
 };
-use crate::shadow::Shadow;
+use crate::shadow::{Purpose, Shadow};
 
 /// What a rebuild did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -137,9 +137,9 @@ pub(crate) async fn rebuild_beside(
         version = projection.version(),
         "rebuilding into shadow tables; the current tables keep serving"
     );
-    let shadow = Shadow::create(pool, projection.tables()).await?;
+    let mut shadow = Shadow::create(pool, projection.tables(), Purpose::Swap).await?;
     let rebuilt = build_and_swap(
-        &shadow,
+        &mut shadow,
         store,
         pool,
         projection,
@@ -225,7 +225,7 @@ async fn read_slices(
 }
 
 async fn build_and_swap(
-    shadow: &Shadow,
+    shadow: &mut Shadow,
     store: &Arc<dyn EventStore>,
     pool: &TablePool,
     projection: &dyn Projection,
@@ -289,6 +289,10 @@ async fn build_and_swap(
         }
     }
 
+    // Indexes and the like that copies to be moved into place were made without, for
+    // speed; outside the swap's transaction, which locks the checkpoint.
+    shadow.finish().await?;
+
     // The swap. While the checkpoint is locked nobody applies a batch to the real tables.
     let swap_started = Instant::now();
     let mut tx = shadow.begin().await?;
@@ -327,7 +331,7 @@ async fn build_and_swap(
         }
         position = until;
     }
-    shadow.copy_into_place(&mut tx).await?;
+    shadow.put_in_place(&mut tx).await?;
     let updated = tx
         .execute(
             "UPDATE projection_checkpoints SET version = $2, position = $3, updated_at = $4
@@ -427,7 +431,7 @@ pub async fn compare_with_replay(
             )),
         ));
     }
-    let shadow = Shadow::create(pool, projection.tables()).await?;
+    let shadow = Shadow::create(pool, projection.tables(), Purpose::Compare).await?;
     let compared = replay_and_compare(
         &shadow,
         store.as_ref(),

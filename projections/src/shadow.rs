@@ -24,6 +24,8 @@ use crate::runtime::ProjectionError;
 
 use boxoffice_store::tables::TablePool;
 
+mod schema;
+
 /// The most local buffer memory (PostgreSQL's `temp_buffers`) a rebuild's session may use
 /// for its shadow tables.
 const SHADOW_TEMP_BUFFERS_MB: u32 = 1024;
@@ -39,13 +41,60 @@ pub struct TableDrift {
     pub replay_only: u64,
 }
 
-/// A projection's tables copied as TEMP tables on a session of their own.
+/// What a shadow is made for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// A rebuild, swapped in at the end: on PostgreSQL the copies are moved into place
+    /// where the tables allow it ([`schema`]).
+    Swap,
+    /// A comparison with the live tables, which are left as they are: TEMP copies.
+    Compare,
+}
+
+/// Where the copies are.
+enum Place {
+    /// TEMP tables on the session, copied over the real tables at the swap.
+    Temp,
+    /// Ordinary tables in a schema of their own, moved into place at the swap.
+    Schema(schema::Moved),
+}
+
+/// A projection's tables copied on a session of their own.
 pub(crate) struct Shadow {
     session: Session,
     /// The projection's tables, children before parents.
     tables: &'static [&'static str],
     /// Each table's real name, qualified with its schema (`main` on SQLite).
     homes: Vec<String>,
+    place: Place,
+    /// Each real table's schema (PostgreSQL copies moved into place).
+    home_schemas: Vec<schema::Home>,
+    /// Set by [`Shadow::discard`]; a shadow dropped without it (a cancelled rebuild) drops
+    /// its copies from a task of its own.
+    discarded: bool,
+}
+
+impl Drop for Shadow {
+    fn drop(&mut self) {
+        let Place::Schema(moved) = &self.place else {
+            // TEMP copies go with the connection, which closes when the session is dropped.
+            return;
+        };
+        if self.discarded {
+            return;
+        }
+        // Unlike TEMP tables, the schema outlives the connection. Without a runtime to
+        // drop it now, the next rebuild sweeps it (its lock went with the connection).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (session, schema) = (self.session.clone(), moved.schema.clone());
+            runtime.spawn(async move {
+                if let Err(e) = schema::drop_copies(&session, &schema).await {
+                    tracing::warn!(schema, error = %e, "dropping a cancelled rebuild's copies failed");
+                }
+                session.close().await;
+            });
+        }
+    }
 }
 
 /// The schema that holds a connection's TEMP tables, as SQL can name it.
@@ -54,11 +103,6 @@ fn temp_schema(backend: Backend) -> &'static str {
         Backend::Postgres => "pg_temp",
         Backend::Sqlite => "temp",
     }
-}
-
-/// An identifier in double quotes, for a schema name read from the catalog.
-fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// A table's or index's DDL, as SQLite keeps it in `sqlite_master`, rewritten to create the
@@ -92,12 +136,40 @@ fn sqlite_temp_ddl(kind: &str, sql: &str) -> Option<String> {
 }
 
 impl Shadow {
-    /// Opens a session and makes an empty TEMP copy of each of `tables` on it.
+    /// Opens a session and makes an empty copy of each of `tables` on it: TEMP tables, or
+    /// for a PostgreSQL rebuild whose tables allow it, tables in a schema of their own.
     pub(crate) async fn create(
         pool: &TablePool,
         tables: &'static [&'static str],
+        purpose: Purpose,
     ) -> Result<Self, ProjectionError> {
         let session = Session::open(pool).await?;
+        if session.backend() == Backend::Postgres && purpose == Purpose::Swap {
+            match schema::movable(&session, tables).await? {
+                None => {
+                    let swept = schema::sweep(&session).await?;
+                    let (home_schemas, moved) = schema::create(&session, tables).await?;
+                    tracing::debug!(
+                        schema = moved.schema,
+                        swept,
+                        "rebuilding into a schema of its own, to be moved into place"
+                    );
+                    return Ok(Self {
+                        session,
+                        tables,
+                        homes: home_schemas.iter().map(|h| h.qualified.clone()).collect(),
+                        place: Place::Schema(moved),
+                        home_schemas,
+                        discarded: false,
+                    });
+                }
+                Some(why) => tracing::info!(
+                    tables = ?tables,
+                    why,
+                    "the rebuild's tables will be copied into place, not moved"
+                ),
+            }
+        }
         if session.backend() == Backend::Postgres {
             // TEMP tables live in the session's local buffers, 8 MB by default: beyond that
             // every page goes through a temporary file, which made a rebuild of a
@@ -122,6 +194,9 @@ impl Shadow {
             session,
             tables,
             homes,
+            place: Place::Temp,
+            home_schemas: Vec::new(),
+            discarded: false,
         })
     }
 
@@ -137,6 +212,15 @@ impl Shadow {
     /// statements would write into the real tables: this check stops that.
     async fn check(&self, tx: &mut Tx) -> Result<(), ProjectionError> {
         if self.tables.is_empty() {
+            return Ok(());
+        }
+        if let Place::Schema(moved) = &self.place {
+            if !schema::check(tx, moved, self.tables).await? {
+                return Err(ProjectionError::Failed(format!(
+                    "the rebuild's connection no longer reaches its copies in {}",
+                    moved.schema
+                )));
+            }
             return Ok(());
         }
         let names = placeholders(1, self.tables.len());
@@ -167,10 +251,31 @@ impl Shadow {
         Ok(())
     }
 
+    /// Once the log has been replayed into the copies, before the swap's transaction:
+    /// makes what was left out of copies that will be moved into place (secondary indexes,
+    /// foreign keys, statistics).
+    pub(crate) async fn finish(&mut self) -> Result<(), ProjectionError> {
+        if let Place::Schema(moved) = &mut self.place {
+            schema::finish(&self.session, moved, self.tables).await?;
+        }
+        Ok(())
+    }
+
+    /// Inside `tx` (begun with [`Self::begin`]): puts the copies' rows in place of the real
+    /// tables' rows, by moving the copies into place ([`schema`]) or by copying them.
+    pub(crate) async fn put_in_place(&self, tx: &mut Tx) -> Result<(), ProjectionError> {
+        match &self.place {
+            Place::Schema(moved) => {
+                schema::move_into_place(tx, moved, self.tables, &self.home_schemas).await
+            }
+            Place::Temp => Ok(self.copy_into_place(tx).await?),
+        }
+    }
+
     /// Inside `tx` (begun with [`Self::begin`]): replaces every real table's rows with its
     /// copy's. Parents are refilled before children, after children were emptied first, so
     /// foreign keys between the tables hold at every statement.
-    pub(crate) async fn copy_into_place(&self, tx: &mut Tx) -> Result<(), sqlx::Error> {
+    async fn copy_into_place(&self, tx: &mut Tx) -> Result<(), sqlx::Error> {
         let temp = temp_schema(tx.backend());
         for home in &self.homes {
             tx.execute(&format!("DELETE FROM {home}"), &[]).await?;
@@ -189,6 +294,10 @@ impl Shadow {
     /// table has and the rows only the copy has (as multisets of whole rows would differ
     /// only in duplicates, which primary keys rule out).
     pub(crate) async fn differences(&self, tx: &mut Tx) -> Result<Vec<TableDrift>, sqlx::Error> {
+        assert!(
+            matches!(self.place, Place::Temp),
+            "comparisons are made with TEMP copies (Purpose::Compare)"
+        );
         let temp = temp_schema(tx.backend());
         let mut drift = Vec::new();
         for (table, home) in self.tables.iter().zip(&self.homes) {
@@ -222,7 +331,17 @@ impl Shadow {
 
     /// Drops the copies and closes the session. A failure here is only logged: closing
     /// the connection drops the copies anyway.
-    pub(crate) async fn discard(self) {
+    pub(crate) async fn discard(mut self) {
+        self.discarded = true;
+        if let Place::Schema(moved) = &self.place {
+            // After a swap the schema is gone already; otherwise its copies go with it. If
+            // this fails, the next rebuild sweeps the schema once the connection is closed.
+            if let Err(e) = schema::drop_copies(&self.session, &moved.schema).await {
+                tracing::warn!(schema = moved.schema, error = %e, "dropping a rebuild's copies failed");
+            }
+            self.session.clone().close().await;
+            return;
+        }
         let temp = temp_schema(self.session.backend());
         for table in self.tables {
             if let Err(e) = self
@@ -234,7 +353,7 @@ impl Shadow {
                 break;
             }
         }
-        self.session.close().await;
+        self.session.clone().close().await;
     }
 }
 
@@ -252,7 +371,7 @@ async fn create_postgres(session: &Session, table: &str) -> Result<String, Proje
         .await?
         .ok_or_else(|| ProjectionError::Failed(format!("no table {table} to shadow")))?
         .text("schema")?;
-    let home = format!("{}.{table}", quote_identifier(&schema));
+    let home = format!("{}.{table}", schema::quote(&schema));
     session
         .execute(
             &format!("CREATE TEMP TABLE {table} (LIKE {home} INCLUDING ALL)"),
@@ -356,7 +475,7 @@ mod tests {
 
     #[test]
     fn identifiers_are_quoted() {
-        assert_eq!(quote_identifier("public"), "\"public\"");
-        assert_eq!(quote_identifier("a\"b"), "\"a\"\"b\"");
+        assert_eq!(schema::quote("public"), "\"public\"");
+        assert_eq!(schema::quote("a\"b"), "\"a\"\"b\"");
     }
 }

@@ -200,7 +200,8 @@ async fn buy_many(log: &mut Log, show: ShowId, buyer: UserId, range: std::ops::R
 }
 
 /// On PostgreSQL, waits until no session holds a TEMP copy of the counter's table (the
-/// rebuild's connection closed); SQLite's TEMP tables are invisible to other connections.
+/// rebuild's connection closed) and no rebuild schema is left; SQLite's TEMP tables are
+/// invisible to other connections.
 async fn no_shadow_left(env: &Env) {
     if env.backend != "postgres" {
         return;
@@ -212,10 +213,46 @@ async fn no_shadow_left(env: &Env) {
                  WHERE relpersistence = 't' AND relkind = 'r' AND relname = 'swap_counts'",
                 &[],
             )
-            .await;
+            .await
+            + rebuild_schemas(env).await.len() as i64;
         (left == 0).then_some(())
     })
     .await;
+}
+
+/// The PostgreSQL backend's environment, if the tests run with one (any other is cleaned
+/// up).
+async fn postgres_only() -> Option<Env> {
+    let mut found = None;
+    for env in backends().await {
+        if env.backend == "postgres" {
+            found = Some(env);
+        } else {
+            env.cleanup().await;
+        }
+    }
+    found
+}
+
+/// The schemas PostgreSQL rebuilds build their copies in.
+async fn rebuild_schemas(env: &Env) -> Vec<String> {
+    db::fetch_all(
+        &env.pool,
+        "SELECT nspname::text AS name FROM pg_namespace
+         WHERE nspname LIKE 'boxoffice\\_rebuild\\_%' ORDER BY 1",
+        &[],
+    )
+    .await
+    .expect("list the rebuild schemas")
+    .iter()
+    .map(|r| r.text("name").unwrap())
+    .collect()
+}
+
+/// The counter table's oid (PostgreSQL).
+async fn table_oid(env: &Env) -> i64 {
+    env.count("SELECT 'swap_counts'::regclass::oid::bigint AS n", &[])
+        .await
 }
 
 async fn reached(gate: oneshot::Receiver<()>) {
@@ -494,4 +531,200 @@ async fn two_processes_upgrading_at_once_swap_once_and_an_older_one_stands_by() 
         no_shadow_left(&env).await;
         env.cleanup().await;
     }
+}
+
+/// The views over the counter's table and what else a PostgreSQL rebuild must keep: a view,
+/// a view over that view, an index's name, a grant, a table comment.
+async fn dress_the_table(env: &Env) {
+    for sql in [
+        "CREATE VIEW swap_totals AS SELECT version, sum(events)::bigint AS events
+         FROM swap_counts GROUP BY version",
+        "CREATE VIEW swap_total AS SELECT sum(events)::bigint AS events FROM swap_totals",
+        "GRANT SELECT ON swap_counts TO PUBLIC",
+        "COMMENT ON TABLE swap_counts IS 'events by type'",
+    ] {
+        db::execute(&env.pool, sql, &[]).await.expect(sql);
+    }
+}
+
+#[tokio::test]
+async fn a_postgres_rebuild_moves_its_tables_into_place_and_keeps_views_indexes_and_grants() {
+    let Some(env) = postgres_only().await else {
+        return;
+    };
+    create_table(&env).await;
+    dress_the_table(&env).await;
+    let mut log = Log::new(&env.store);
+    let (show, buyer) = (show(), user());
+    let head = buy_many(&mut log, show, buyer, 0..6).await;
+    let live = start(&env, Counter::new(1));
+    let handle = live.get(NAME).unwrap().clone();
+    assert!(handle.wait_for(head, WAIT).await);
+    let before = table_oid(&env).await;
+    // Read through the view once, so the pool's connections hold prepared statements
+    // over the old table.
+    let total = "SELECT events AS n FROM swap_total";
+    assert_eq!(env.count(total, &[]).await, i64::try_from(head).unwrap());
+
+    let report = rebuild_projection(Arc::clone(&env.store), &env.pool, &*Counter::new(1), 7)
+        .await
+        .expect("rebuild");
+    assert_eq!(report.position, head);
+    assert_ne!(
+        table_oid(&env).await,
+        before,
+        "the copy was moved into place, not copied over the old table"
+    );
+    assert_eq!(dump(&env.pool).await, expected(&env, 1, head).await);
+    assert_eq!(env.count(total, &[]).await, i64::try_from(head).unwrap());
+    // The tables the view reads (other than itself): the new table, and only that.
+    let reads = |only_new: bool| {
+        format!(
+            "SELECT count(DISTINCT d.refobjid) AS n FROM pg_depend d
+             JOIN pg_rewrite r ON r.oid = d.objid
+             WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+               AND r.ev_class = 'swap_totals'::regclass
+               AND d.refobjid <> 'swap_totals'::regclass {}",
+            if only_new {
+                "AND d.refobjid = 'swap_counts'::regclass"
+            } else {
+                ""
+            }
+        )
+    };
+    assert_eq!(env.count(&reads(false), &[]).await, 1);
+    assert_eq!(
+        env.count(&reads(true), &[]).await,
+        1,
+        "the view reads the new table"
+    );
+    for (sql, what) in [
+        (
+            "SELECT count(*) AS n FROM pg_indexes WHERE tablename = 'swap_counts'
+             AND indexname IN ('swap_counts_pkey', 'swap_counts_version_idx')",
+            "both indexes, under their names",
+        ),
+        (
+            "SELECT count(*) AS n FROM pg_constraint WHERE conrelid = 'swap_counts'::regclass
+             AND contype = 'c'",
+            "the check",
+        ),
+        (
+            "SELECT count(*) AS n FROM pg_class c, aclexplode(c.relacl) a
+             WHERE c.oid = 'swap_counts'::regclass AND a.grantee = 0
+               AND a.privilege_type = 'SELECT'",
+            "the grant to PUBLIC",
+        ),
+        (
+            "SELECT count(*) AS n FROM pg_class WHERE oid = 'swap_counts'::regclass
+             AND obj_description(oid, 'pg_class') = 'events by type'
+             AND relnamespace = 'public'::regnamespace",
+            "the comment, in the old table's schema",
+        ),
+        (
+            "SELECT count(*) AS n FROM pg_stats WHERE tablename = 'swap_counts'",
+            "statistics of the new table",
+        ),
+    ] {
+        assert!(env.count(sql, &[]).await >= 1, "{what}");
+    }
+    assert_eq!(
+        env.count(
+            "SELECT count(*) AS n FROM pg_indexes WHERE tablename = 'swap_counts'",
+            &[]
+        )
+        .await,
+        2,
+        "no index twice"
+    );
+
+    // The live runner writes into the moved-in table, and the view follows.
+    let later = buy_many(&mut log, show, buyer, 6..8).await;
+    assert!(handle.wait_for(later, WAIT).await);
+    assert_eq!(dump(&env.pool).await, expected(&env, 1, later).await);
+    assert_eq!(env.count(total, &[]).await, i64::try_from(later).unwrap());
+    live.shutdown().await;
+    no_shadow_left(&env).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_postgres_rebuild_copies_into_place_when_other_objects_depend_on_the_tables() {
+    let Some(env) = postgres_only().await else {
+        return;
+    };
+    create_table(&env).await;
+    // A materialized view cannot be pointed at another table: the old table stays.
+    db::execute(
+        &env.pool,
+        "CREATE MATERIALIZED VIEW swap_snapshot AS SELECT * FROM swap_counts",
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut log = Log::new(&env.store);
+    let (show, buyer) = (show(), user());
+    let head = buy_many(&mut log, show, buyer, 0..4).await;
+    let before = table_oid(&env).await;
+    let report = rebuild_projection(Arc::clone(&env.store), &env.pool, &*Counter::new(2), 7)
+        .await
+        .expect("rebuild");
+    assert_eq!((report.version, report.position), (2, head));
+    assert_eq!(table_oid(&env).await, before, "the rows were copied");
+    assert_eq!(dump(&env.pool).await, expected(&env, 2, head).await);
+    db::execute(&env.pool, "REFRESH MATERIALIZED VIEW swap_snapshot", &[])
+        .await
+        .expect("the materialized view still reads the table");
+    assert_eq!(
+        env.count("SELECT count(*) AS n FROM swap_snapshot", &[])
+            .await,
+        i64::try_from(expected(&env, 2, head).await.len()).unwrap()
+    );
+    no_shadow_left(&env).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_crashed_rebuilds_schema_is_swept_by_the_next_rebuild_and_a_live_ones_is_kept() {
+    let Some(env) = postgres_only().await else {
+        return;
+    };
+    create_table(&env).await;
+    let (crashed, running) = ("boxoffice_rebuild_crashed", "boxoffice_rebuild_running");
+    for schema in [crashed, running] {
+        for sql in [
+            format!("CREATE SCHEMA {schema}"),
+            format!("CREATE TABLE {schema}.swap_counts (LIKE public.swap_counts)"),
+        ] {
+            db::execute(&env.pool, &sql, &[]).await.unwrap();
+        }
+    }
+    // A rebuild in another process holds its schema's lock on its own connection.
+    let holder = boxoffice_projections::db::Session::open(&env.pool)
+        .await
+        .unwrap();
+    holder
+        .execute(
+            "SELECT pg_advisory_lock(x'626f78'::int, hashtext($1))",
+            &[running.into()],
+        )
+        .await
+        .unwrap();
+
+    let mut log = Log::new(&env.store);
+    let (show, buyer) = (show(), user());
+    let head = buy_many(&mut log, show, buyer, 0..3).await;
+    rebuild_projection(Arc::clone(&env.store), &env.pool, &*Counter::new(1), 7)
+        .await
+        .expect("rebuild");
+    assert_eq!(dump(&env.pool).await, expected(&env, 1, head).await);
+    assert_eq!(rebuild_schemas(&env).await, vec![running.to_owned()]);
+
+    // Once that process is gone, the next rebuild sweeps its schema too.
+    holder.close().await;
+    rebuild_projection(Arc::clone(&env.store), &env.pool, &*Counter::new(1), 7)
+        .await
+        .expect("rebuild");
+    no_shadow_left(&env).await;
+    env.cleanup().await;
 }
