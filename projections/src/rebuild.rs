@@ -244,54 +244,59 @@ async fn build_and_swap(
     // while the next slices are read (and decoded) by tasks of their own; then again to
     // the new head, until the log is less than a slice ahead: that rest is applied in the
     // swap's transaction.
-    loop {
-        let head = store.head_position().await?;
-        if head.saturating_sub(position) <= batch_events_max as u64 {
-            break;
-        }
-        let (slices_tx, mut slices) = tokio::sync::mpsc::channel(SLICES_AHEAD);
-        let _stop_readers = AbortOnDrop(tokio::spawn(read_slices(
-            Arc::clone(store),
-            position,
-            head,
-            batch_events_max,
-            types,
-            slices_tx,
-        )));
-        while let Some(slice) = slices.recv().await {
-            // A cheap look (no lock) so that the loser of a race stops early; the swap
-            // checks again under the lock.
-            let stored = load_checkpoint(pool, name).await?;
-            if stored.as_ref().map(|c| c.version) != Some(held_version) {
-                tracing::info!(
-                    projection = name,
-                    ?stored,
-                    "rebuild superseded; discarding it"
-                );
-                return Ok(Rebuilt::Superseded {
-                    stored: stored.map(|c| (c.version, c.position)),
-                });
+    //
+    // Copies to be moved into place were made without some indexes and the like, for
+    // speed; they are made once caught up (`finish`), outside the swap's transaction
+    // (which holds the checkpoint), and what was appended meanwhile is caught up again.
+    for finished in [false, true] {
+        loop {
+            let head = store.head_position().await?;
+            if head.saturating_sub(position) <= batch_events_max as u64 {
+                break;
             }
-            let (until, events) = slice?;
-            check_order(name, position, &events);
-            if !events.is_empty() {
-                let mut tx = shadow.begin().await?;
-                projection.apply(&mut tx, &events).await?;
-                tx.commit().await?;
-                applied += events.len() as u64;
-            }
-            position = until;
-        }
-        if position != head {
-            return Err(ProjectionError::Failed(format!(
-                "the log's readers stopped at {position}, before the head {head}"
+            let (slices_tx, mut slices) = tokio::sync::mpsc::channel(SLICES_AHEAD);
+            let _stop_readers = AbortOnDrop(tokio::spawn(read_slices(
+                Arc::clone(store),
+                position,
+                head,
+                batch_events_max,
+                types,
+                slices_tx,
             )));
+            while let Some(slice) = slices.recv().await {
+                // A cheap look (no lock) so that the loser of a race stops early; the swap
+                // checks again under the lock.
+                let stored = load_checkpoint(pool, name).await?;
+                if stored.as_ref().map(|c| c.version) != Some(held_version) {
+                    tracing::info!(
+                        projection = name,
+                        ?stored,
+                        "rebuild superseded; discarding it"
+                    );
+                    return Ok(Rebuilt::Superseded {
+                        stored: stored.map(|c| (c.version, c.position)),
+                    });
+                }
+                let (until, events) = slice?;
+                check_order(name, position, &events);
+                if !events.is_empty() {
+                    let mut tx = shadow.begin().await?;
+                    projection.apply(&mut tx, &events).await?;
+                    tx.commit().await?;
+                    applied += events.len() as u64;
+                }
+                position = until;
+            }
+            if position != head {
+                return Err(ProjectionError::Failed(format!(
+                    "the log's readers stopped at {position}, before the head {head}"
+                )));
+            }
+        }
+        if !finished {
+            shadow.finish().await?;
         }
     }
-
-    // Indexes and the like that copies to be moved into place were made without, for
-    // speed; outside the swap's transaction, which locks the checkpoint.
-    shadow.finish().await?;
 
     // The swap. While the checkpoint is locked nobody applies a batch to the real tables.
     let swap_started = Instant::now();

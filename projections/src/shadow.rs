@@ -10,14 +10,18 @@
 //! reading and writing the real tables. The copies keep the real tables' columns, primary
 //! keys, unique constraints, checks and indexes (the projections' `ON CONFLICT` upserts
 //! need them); PostgreSQL's `LIKE … INCLUDING ALL` leaves foreign keys out, SQLite's copy
-//! of the table's own DDL keeps them (they then point at the other copies). Triggers are
-//! not copied; the read-model tables have none.
+//! of the table's own DDL keeps them (they then point at the other copies) and leaves out
+//! the non-unique indexes, which only readers of the real tables use. Triggers are not
+//! copied; the read-model tables have none.
 //!
 //! The swap empties each real table and refills it from its copy (`DELETE` then
 //! `INSERT … SELECT`, every name qualified), so the real tables are never replaced and the
 //! views over them keep working; readers see the old rows until the swap commits (MVCC on
 //! PostgreSQL, WAL on SQLite) and the new ones after. The copies vanish with the
 //! connection: a rebuild that is cancelled or crashes leaves nothing behind.
+//!
+//! On PostgreSQL a rebuild builds ordinary tables in a schema of its own instead, and moves
+//! them into place at the swap, where the tables allow it ([`schema`], ADR 0016).
 
 use crate::db::{Backend, Session, Tx, placeholders};
 use crate::runtime::ProjectionError;
@@ -55,8 +59,9 @@ pub(crate) enum Purpose {
 enum Place {
     /// TEMP tables on the session, copied over the real tables at the swap.
     Temp,
-    /// Ordinary tables in a schema of their own, moved into place at the swap.
-    Schema(schema::Moved),
+    /// Ordinary tables in a schema of their own, moved into place at the swap. `key` names
+    /// the database and tables, for [`move_failed`].
+    Schema { moved: schema::Moved, key: String },
 }
 
 /// A projection's tables copied on a session of their own.
@@ -76,7 +81,7 @@ pub(crate) struct Shadow {
 
 impl Drop for Shadow {
     fn drop(&mut self) {
-        let Place::Schema(moved) = &self.place else {
+        let Place::Schema { moved, .. } = &self.place else {
             // TEMP copies go with the connection, which closes when the session is dropped.
             return;
         };
@@ -95,6 +100,26 @@ impl Drop for Shadow {
             });
         }
     }
+}
+
+/// Whether moving the tables `key` names into place failed before in this process;
+/// `record` says it did now. The next rebuild of those tables then copies them into place,
+/// so that a failure the checks did not foresee (a dependency the swap cannot carry over,
+/// a lock it could not get in time, a table changed during the rebuild) costs one retry,
+/// not every one.
+fn move_failed(key: &str, record: bool) -> bool {
+    static FAILED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut failed = FAILED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if record && !failed.iter().any(|k| k == key) {
+        tracing::warn!(
+            key,
+            "moving rebuilt tables into place failed; the next rebuild copies them"
+        );
+        failed.push(key.to_owned());
+    }
+    failed.iter().any(|k| k == key)
 }
 
 /// The schema that holds a connection's TEMP tables, as SQL can name it.
@@ -145,28 +170,13 @@ impl Shadow {
     ) -> Result<Self, ProjectionError> {
         let session = Session::open(pool).await?;
         if session.backend() == Backend::Postgres && purpose == Purpose::Swap {
-            match schema::movable(&session, tables).await? {
-                None => {
-                    let swept = schema::sweep(&session).await?;
-                    let (home_schemas, moved) = schema::create(&session, tables).await?;
-                    tracing::debug!(
-                        schema = moved.schema,
-                        swept,
-                        "rebuilding into a schema of its own, to be moved into place"
-                    );
-                    return Ok(Self {
-                        session,
-                        tables,
-                        homes: home_schemas.iter().map(|h| h.qualified.clone()).collect(),
-                        place: Place::Schema(moved),
-                        home_schemas,
-                        discarded: false,
-                    });
-                }
-                Some(why) => tracing::info!(
+            match Self::create_moved(&session, tables).await {
+                Ok(Some(shadow)) => return Ok(shadow),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(
                     tables = ?tables,
-                    why,
-                    "the rebuild's tables will be copied into place, not moved"
+                    error = %e,
+                    "making the rebuild's tables in a schema of their own failed; copying instead"
                 ),
             }
         }
@@ -200,6 +210,52 @@ impl Shadow {
         })
     }
 
+    /// The copies in a schema of their own (PostgreSQL), or `None` when the tables cannot
+    /// be moved into place or a move of them failed before in this process.
+    async fn create_moved(
+        session: &Session,
+        tables: &'static [&'static str],
+    ) -> Result<Option<Self>, ProjectionError> {
+        let key = session
+            .fetch_optional("SELECT current_database()::text AS db", &[])
+            .await?
+            .map(|r| r.text("db"))
+            .transpose()?
+            .unwrap_or_default()
+            + "/"
+            + &tables.join(",");
+        if move_failed(&key, false) {
+            tracing::info!(
+                tables = ?tables,
+                "a move of these tables failed before: copying them into place instead"
+            );
+            return Ok(None);
+        }
+        if let Some(why) = schema::movable(session, tables).await? {
+            tracing::info!(
+                tables = ?tables,
+                why,
+                "the rebuild's tables will be copied into place, not moved"
+            );
+            return Ok(None);
+        }
+        let swept = schema::sweep(session).await?;
+        let (home_schemas, moved) = schema::create(session, tables).await?;
+        tracing::debug!(
+            schema = moved.schema,
+            swept,
+            "rebuilding into a schema of its own, to be moved into place"
+        );
+        Ok(Some(Self {
+            session: session.clone(),
+            tables,
+            homes: home_schemas.iter().map(|h| h.qualified.clone()).collect(),
+            place: Place::Schema { moved, key },
+            home_schemas,
+            discarded: false,
+        }))
+    }
+
     /// Begins a transaction on the shadow's connection, checked to still hold the copies.
     pub(crate) async fn begin(&self) -> Result<Tx, ProjectionError> {
         let mut tx = self.session.begin().await?;
@@ -214,7 +270,7 @@ impl Shadow {
         if self.tables.is_empty() {
             return Ok(());
         }
-        if let Place::Schema(moved) = &self.place {
+        if let Place::Schema { moved, .. } = &self.place {
             if !schema::check(tx, moved, self.tables).await? {
                 return Err(ProjectionError::Failed(format!(
                     "the rebuild's connection no longer reaches its copies in {}",
@@ -255,8 +311,12 @@ impl Shadow {
     /// makes what was left out of copies that will be moved into place (secondary indexes,
     /// foreign keys, statistics).
     pub(crate) async fn finish(&mut self) -> Result<(), ProjectionError> {
-        if let Place::Schema(moved) = &mut self.place {
-            schema::finish(&self.session, moved, self.tables).await?;
+        if let Place::Schema { moved, key } = &mut self.place {
+            let finished = schema::finish(&self.session, moved, self.tables).await;
+            if finished.is_err() {
+                move_failed(key, true);
+            }
+            finished?;
         }
         Ok(())
     }
@@ -265,8 +325,12 @@ impl Shadow {
     /// tables' rows, by moving the copies into place ([`schema`]) or by copying them.
     pub(crate) async fn put_in_place(&self, tx: &mut Tx) -> Result<(), ProjectionError> {
         match &self.place {
-            Place::Schema(moved) => {
-                schema::move_into_place(tx, moved, self.tables, &self.home_schemas).await
+            Place::Schema { moved, key } => {
+                let put = schema::move_into_place(tx, moved, self.tables, &self.home_schemas).await;
+                if put.is_err() {
+                    move_failed(key, true);
+                }
+                put
             }
             Place::Temp => Ok(self.copy_into_place(tx).await?),
         }
@@ -333,7 +397,7 @@ impl Shadow {
     /// the connection drops the copies anyway.
     pub(crate) async fn discard(mut self) {
         self.discarded = true;
-        if let Place::Schema(moved) = &self.place {
+        if let Place::Schema { moved, .. } = &self.place {
             // After a swap the schema is gone already; otherwise its copies go with it. If
             // this fails, the next rebuild sweeps the schema once the connection is closed.
             if let Err(e) = schema::drop_copies(&self.session, &moved.schema).await {
@@ -432,6 +496,13 @@ async fn create_sqlite(session: &Session, table: &str) -> Result<String, Project
                 "cannot shadow the {kind} {name} of {table}: only tables and indexes are copied"
             ))
         })?;
+        // Only the unique indexes: the upserts need them, and `apply` looks rows up by
+        // key. The others serve readers of the real tables; keeping them up to date
+        // row by row made the copies slower to fill, and the swap copies rows into the
+        // real tables' own indexes anyway.
+        if kind == "index" && !ddl.starts_with("CREATE UNIQUE INDEX") {
+            continue;
+        }
         session.execute(&ddl, &[]).await?;
     }
     Ok(format!("main.{table}"))

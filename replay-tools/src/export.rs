@@ -626,8 +626,12 @@ async fn export(
 ) -> anyhow::Result<Summary> {
     let log_head = store.head_position().await?;
     let (rows, source) = match what {
-        What::Orders => read_model(url, ORDERS_PROJECTION, ORDERS_SQL, what, sink).await?,
-        What::Tickets => read_model(url, ORDERS_PROJECTION, TICKETS_SQL, what, sink).await?,
+        What::Orders => {
+            read_model(url, ORDERS_PROJECTION, "orders", ORDERS_SQL, what, sink).await?
+        }
+        What::Tickets => {
+            read_model(url, ORDERS_PROJECTION, "tickets", TICKETS_SQL, what, sink).await?
+        }
         What::Sales => sales(url, store, sink).await?,
         What::Events => events(store, log_head, json, sink).await?,
     };
@@ -687,12 +691,13 @@ fn event_row(e: &RecordedEvent) -> Vec<Cell> {
 async fn read_model(
     url: &str,
     projection: &'static str,
+    table: &'static str,
     sql: &str,
     what: What,
     sink: &mut dyn RowSink,
 ) -> anyhow::Result<(u64, Source)> {
     let pool = TablePool::connect(url).await?;
-    let mut snapshot = Snapshot::begin(&pool).await?;
+    let mut snapshot = Snapshot::begin(&pool, &[table]).await?;
     let checkpoint = snapshot.checkpoint(projection).await?;
     let rows = snapshot
         .rows(sql, what.columns(), |row| sink.write_row(row))
@@ -714,7 +719,7 @@ async fn sales(
     sink: &mut dyn RowSink,
 ) -> anyhow::Result<(u64, Source)> {
     let pool = TablePool::connect(url).await?;
-    let mut snapshot = Snapshot::begin(&pool).await?;
+    let mut snapshot = Snapshot::begin(&pool, &["sales"]).await?;
     let checkpoint = snapshot.checkpoint(SALES_PROJECTION).await?;
     let mut names = HashMap::new();
     for show in snapshot.texts(SALES_SHOWS_SQL).await? {
@@ -829,6 +834,12 @@ impl ShowNames {
 /// A read-only transaction that sees one state of the read models: PostgreSQL's
 /// REPEATABLE READ, SQLite's deferred transaction (in WAL mode its first read fixes the
 /// snapshot). Rows and checkpoint read in it agree even while a projector commits.
+///
+/// On PostgreSQL the tables read are locked (ACCESS SHARE) before the snapshot is taken. A
+/// rebuild's swap moves new tables into place (ADR 0016), which is not MVCC-safe: a
+/// snapshot taken before it would see the new table only as far as its rows were committed
+/// by then. The lock makes the swap wait for this transaction, or this transaction for the
+/// swap, before the snapshot exists.
 enum Snapshot {
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
@@ -837,13 +848,20 @@ enum Snapshot {
 const CHECKPOINT_SQL: &str = "SELECT position FROM projection_checkpoints WHERE name = $1";
 
 impl Snapshot {
-    async fn begin(pool: &TablePool) -> anyhow::Result<Self> {
+    async fn begin(pool: &TablePool, tables: &[&str]) -> anyhow::Result<Self> {
         Ok(match pool {
             TablePool::Postgres(pg) => {
                 let mut tx = pg.begin().await?;
                 sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     .execute(&mut *tx)
                     .await?;
+                // LOCK takes no snapshot; the first query after it does.
+                sqlx::query(&format!(
+                    "LOCK TABLE {}, projection_checkpoints IN ACCESS SHARE MODE",
+                    tables.join(", ")
+                ))
+                .execute(&mut *tx)
+                .await?;
                 Snapshot::Postgres(tx)
             }
             TablePool::Sqlite(lite) => Snapshot::Sqlite(lite.begin().await?),

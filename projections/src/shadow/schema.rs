@@ -28,7 +28,7 @@
 //! connection lives. A schema whose lock nobody holds was left by a rebuild that crashed
 //! or was cancelled; the next rebuild drops it ([`sweep`]).
 
-use crate::db::{Session, Tx, placeholders};
+use crate::db::{DbRow, Param, Session, Tx, placeholders};
 use crate::runtime::ProjectionError;
 
 /// The prefix of every rebuild schema. `_` is a wildcard in `LIKE`, hence the escapes there.
@@ -44,6 +44,8 @@ pub(super) struct Home {
     pub schema: String,
     /// `schema.table`, quoted where needed.
     pub qualified: String,
+    /// What the table was made of when the rebuild began ([`SHAPE_SQL`]).
+    pub shape: Vec<String>,
 }
 
 /// What is left to do to the copies once the log has been replayed into them.
@@ -54,16 +56,15 @@ pub(super) struct Moved {
     pub search_path: String,
     /// Secondary indexes and foreign keys, made after the replay.
     pub deferred: Vec<String>,
+    /// Each real table's shape when the rebuild began, children before parents.
+    pub shapes: Vec<Vec<String>>,
+    /// [`finish`] ran: the copies are complete and checked.
+    pub finished: bool,
 }
 
 /// An identifier in double quotes.
 pub(super) fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// A string literal.
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// `WITH homes AS (…)`: the oids of `tables` as the connection's search path finds them,
@@ -75,7 +76,7 @@ fn homes_cte(tables: &[&str]) -> String {
     )
 }
 
-fn params(tables: &[&str]) -> Vec<crate::db::Param> {
+fn params(tables: &[&str]) -> Vec<Param> {
     tables.iter().map(|t| (*t).into()).collect()
 }
 
@@ -85,9 +86,44 @@ pub(super) async fn movable(
     session: &Session,
     tables: &[&str],
 ) -> Result<Option<String>, sqlx::Error> {
+    movable_on(&mut Conn::Session(session), tables).await
+}
+
+/// [`movable`], inside the swap's transaction.
+async fn movable_in(tx: &mut Tx, tables: &[&str]) -> Result<Option<String>, sqlx::Error> {
+    movable_on(&mut Conn::Tx(tx), tables).await
+}
+
+/// A connection to run catalog queries on: the session, or a transaction on it.
+enum Conn<'a> {
+    Session(&'a Session),
+    Tx(&'a mut Tx),
+}
+
+impl Conn<'_> {
+    async fn fetch_all(&mut self, sql: &str, params: &[Param]) -> Result<Vec<DbRow>, sqlx::Error> {
+        match self {
+            Conn::Session(session) => session.fetch_all(sql, params).await,
+            Conn::Tx(tx) => tx.fetch_all(sql, params).await,
+        }
+    }
+
+    async fn fetch_optional(
+        &mut self,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Option<DbRow>, sqlx::Error> {
+        match self {
+            Conn::Session(session) => session.fetch_optional(sql, params).await,
+            Conn::Tx(tx) => tx.fetch_optional(sql, params).await,
+        }
+    }
+}
+
+async fn movable_on(conn: &mut Conn<'_>, tables: &[&str]) -> Result<Option<String>, sqlx::Error> {
     let cte = homes_cte(tables);
     let params = params(tables);
-    let may_create = session
+    let may_create = conn
         .fetch_optional(
             "SELECT CASE WHEN has_database_privilege(current_database(), 'CREATE')
                     THEN 1::bigint ELSE 0::bigint END AS ok",
@@ -106,17 +142,26 @@ pub(super) async fn movable(
     // member of), in a schema it may create tables in (the copy moves there), in the
     // default tablespace, without row security, column privileges or a replica identity
     // other than the default.
-    let unusual = session
+    let unusual = conn
         .fetch_all(
             &format!(
                 "{cte}
                  SELECT c.relname::text AS name FROM homes h JOIN pg_class c ON c.oid = h.oid
                  WHERE c.relkind <> 'r' OR c.relpersistence <> 'p' OR c.reltablespace <> 0
                     OR c.relrowsecurity OR c.relreplident <> 'd'
+                    OR c.relispartition OR c.reloftype <> 0
                     OR NOT pg_has_role(c.relowner, 'USAGE')
                     OR NOT has_schema_privilege(c.relnamespace, 'CREATE')
                     OR EXISTS (SELECT 1 FROM pg_attribute a
                                WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL)
+                    OR EXISTS (SELECT 1 FROM pg_inherits i
+                               WHERE i.inhrelid = c.oid OR i.inhparent = c.oid)
+                    OR EXISTS (SELECT 1 FROM pg_depend e
+                               WHERE e.classid = 'pg_class'::regclass AND e.objid = c.oid
+                                 AND e.deptype = 'e')
+                    OR EXISTS (SELECT 1 FROM pg_publication p WHERE p.puballtables)
+                    OR EXISTS (SELECT 1 FROM pg_publication_namespace p
+                               WHERE p.pnnspid = c.relnamespace)
                  UNION ALL
                  SELECT 'a missing table' FROM homes WHERE oid IS NULL"
             ),
@@ -131,8 +176,10 @@ pub(super) async fn movable(
         )));
     }
     // Everything that depends on the tables must be theirs (row type, TOAST table,
-    // indexes, defaults, their own constraints) or a plain view this role owns.
-    let foreign = session
+    // indexes, defaults, their own constraints) or a plain view this role owns, in a
+    // schema it may create in (`CREATE OR REPLACE VIEW` needs both); nothing may depend on
+    // their row types but those types' array types.
+    let foreign = conn
         .fetch_all(
             &format!(
                 "{cte}
@@ -141,8 +188,12 @@ pub(super) async fn movable(
                  WHERE d.refclassid = 'pg_class'::regclass
                    AND d.refobjid IN (SELECT oid FROM homes)
                    AND NOT (
-                        d.classid = 'pg_type'::regclass
-                     OR d.classid = 'pg_attrdef'::regclass
+                        (d.classid = 'pg_type'::regclass AND EXISTS (
+                           SELECT 1 FROM pg_class o
+                           WHERE o.oid = d.refobjid AND o.reltype = d.objid))
+                     OR (d.classid = 'pg_attrdef'::regclass AND EXISTS (
+                           SELECT 1 FROM pg_attrdef a
+                           WHERE a.oid = d.objid AND a.adrelid IN (SELECT oid FROM homes)))
                      OR (d.classid = 'pg_class'::regclass AND EXISTS (
                            SELECT 1 FROM pg_class o
                            WHERE o.oid = d.objid AND o.relkind IN ('i', 't')))
@@ -151,9 +202,16 @@ pub(super) async fn movable(
                            WHERE k.oid = d.objid AND k.conrelid IN (SELECT oid FROM homes)))
                      OR (d.classid = 'pg_rewrite'::regclass AND EXISTS (
                            SELECT 1 FROM pg_rewrite r JOIN pg_class v ON v.oid = r.ev_class
-                           WHERE r.oid = d.objid AND v.relkind = 'v'
+                           WHERE r.oid = d.objid AND r.rulename = '_RETURN' AND v.relkind = 'v'
                              AND v.oid NOT IN (SELECT oid FROM homes)
-                             AND pg_has_role(v.relowner, 'USAGE'))))
+                             AND pg_has_role(v.relowner, 'USAGE')
+                             AND has_schema_privilege(v.relnamespace, 'CREATE'))))
+                 UNION
+                 SELECT pg_describe_object(d.classid, d.objid, 0)
+                 FROM pg_depend d JOIN pg_class c ON c.reltype = d.refobjid
+                 WHERE d.refclassid = 'pg_type'::regclass AND c.oid IN (SELECT oid FROM homes)
+                   AND NOT (d.classid = 'pg_class'::regclass AND d.objid = c.oid)
+                   AND NOT (d.classid = 'pg_type'::regclass AND d.deptype = 'i')
                  ORDER BY 1"
             ),
             &params,
@@ -173,15 +231,15 @@ pub(super) async fn movable(
 }
 
 /// Drops the rebuild schemas no live rebuild holds: leftovers of rebuilds that crashed or
-/// were cancelled. Returns how many.
+/// were cancelled. Only schemas named exactly as rebuilds name them (the prefix and 32 hex
+/// digits) and owned by this role, or a role it is a member of, are considered. Returns
+/// how many were dropped; one that cannot be dropped is logged and left.
 pub(super) async fn sweep(session: &Session) -> Result<usize, sqlx::Error> {
     let schemas = session
         .fetch_all(
-            &format!(
-                "SELECT nspname::text AS name FROM pg_namespace WHERE nspname LIKE {}",
-                literal(&format!("{}%", SCHEMA_PREFIX.replace('_', "\\_")))
-            ),
-            &[],
+            "SELECT nspname::text AS name FROM pg_namespace
+             WHERE nspname ~ $1 AND pg_has_role(nspowner, 'USAGE')",
+            &[format!("^{SCHEMA_PREFIX}[0-9a-f]{{32}}$").into()],
         )
         .await?;
     let mut swept = 0;
@@ -214,19 +272,27 @@ pub(super) async fn sweep(session: &Session) -> Result<usize, sqlx::Error> {
                 &[schema.as_str().into()],
             )
             .await?;
-        dropped?;
-        tracing::info!(
-            schema,
-            "dropped the tables a crashed or cancelled rebuild left"
-        );
-        swept += 1;
+        match dropped {
+            Ok(_) => {
+                tracing::info!(
+                    schema,
+                    "dropped the tables a crashed or cancelled rebuild left"
+                );
+                swept += 1;
+            }
+            Err(e) => {
+                tracing::warn!(schema, error = %e, "a crashed rebuild's schema could not be dropped")
+            }
+        }
     }
     Ok(swept)
 }
 
 /// Makes the copies of `tables` (children before parents) in a fresh schema, takes the
 /// schema's advisory lock and puts the schema first in the connection's search path.
-/// Returns where each real table lives and what is left for [`finish`].
+/// Returns where each real table lives and what is left for [`finish`]. On failure the
+/// schema is dropped and the search path restored, so the caller may fall back to TEMP
+/// copies on the same connection.
 pub(super) async fn create(
     session: &Session,
     tables: &[&str],
@@ -253,13 +319,64 @@ pub(super) async fn create(
             &[schema.as_str().into()],
         )
         .await?;
+    let mut moved = Moved {
+        schema,
+        search_path,
+        deferred: Vec::new(),
+        shapes: homes.iter().map(|h| h.shape.clone()).collect(),
+        finished: false,
+    };
+    match make_copies(session, tables, &homes, &plans, &mut moved).await {
+        Ok(()) => Ok((homes, moved)),
+        Err(e) => {
+            if let Err(e) = drop_copies(session, &moved.schema).await {
+                tracing::warn!(schema = moved.schema, error = %e, "dropping a failed rebuild schema failed");
+            }
+            session
+                .execute(
+                    "SELECT set_config('search_path', $1, false), set_config('synchronous_commit', 'on', false)",
+                    &[moved.search_path.as_str().into()],
+                )
+                .await?;
+            Err(e)
+        }
+    }
+}
+
+async fn make_copies(
+    session: &Session,
+    tables: &[&str],
+    homes: &[Home],
+    plans: &[Plan],
+    moved: &mut Moved,
+) -> Result<(), ProjectionError> {
+    let schema = quote(&moved.schema);
     session
-        .execute(&format!("CREATE SCHEMA {}", quote(&schema)), &[])
+        .execute(&format!("CREATE SCHEMA {schema}"), &[])
         .await?;
-    let first = if search_path.trim().is_empty() {
-        quote(&schema)
+    // A copy handed to another owner (the role is a member of the real table's owner)
+    // needs that owner to be allowed in the schema.
+    let me = session
+        .fetch_optional("SELECT current_user::text AS me", &[])
+        .await?
+        .map(|r| r.text("me"))
+        .transpose()?
+        .unwrap_or_default();
+    let mut owners: Vec<&str> = plans.iter().map(|p| p.owner.as_str()).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    for owner in owners.into_iter().filter(|o| *o != me) {
+        session
+            .execute(
+                &format!("GRANT USAGE, CREATE ON SCHEMA {schema} TO {}", quote(owner)),
+                &[],
+            )
+            .await?;
+    }
+    let first = if moved.search_path.trim().is_empty() {
+        schema.clone()
     } else {
-        format!("{}, {search_path}", quote(&schema))
+        format!("{schema}, {}", moved.search_path)
     };
     session
         .execute(
@@ -270,10 +387,9 @@ pub(super) async fn create(
     // A slice's commit need not wait for its WAL to reach the disk: a crash loses the
     // copies whatever they hold, and the swap's transaction waits as usual.
     session.execute("SET synchronous_commit = off", &[]).await?;
-    let mut deferred = Vec::new();
     // Parents first, so that a foreign key between the copies finds its parent.
-    for ((table, home), plan) in tables.iter().zip(&homes).zip(&plans).rev() {
-        let copy = format!("{}.{table}", quote(&schema));
+    for ((table, home), plan) in tables.iter().zip(homes).zip(plans).rev() {
+        let copy = format!("{schema}.{table}");
         session
             .execute(
                 &format!(
@@ -285,21 +401,35 @@ pub(super) async fn create(
                 &[],
             )
             .await?;
+        // Default privileges may have granted something on the new table: the copy gets
+        // exactly the real table's grants.
+        for grantee in session
+            .fetch_all(
+                "SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                        ELSE quote_ident(pg_get_userbyid(a.grantee)) END AS grantee
+                 FROM pg_class c, aclexplode(c.relacl) a
+                 WHERE c.oid = to_regclass($1) AND a.grantee <> c.relowner",
+                &[copy.as_str().into()],
+            )
+            .await?
+        {
+            session
+                .execute(
+                    &format!("REVOKE ALL ON {copy} FROM {}", grantee.text("grantee")?),
+                    &[],
+                )
+                .await?;
+        }
         for statement in &plan.now {
             session
                 .execute(&statement.replace(PLACEHOLDER, &copy), &[])
                 .await?;
         }
-        deferred.extend(plan.later.iter().map(|s| s.replace(PLACEHOLDER, &copy)));
+        moved
+            .deferred
+            .extend(plan.later.iter().map(|s| s.replace(PLACEHOLDER, &copy)));
     }
-    Ok((
-        homes,
-        Moved {
-            schema,
-            search_path,
-            deferred,
-        },
-    ))
+    Ok(())
 }
 
 /// Stands for the copy's qualified name in a planned statement.
@@ -309,8 +439,70 @@ const PLACEHOLDER: &str = "\u{0}COPY\u{0}";
 /// the projection's upserts need; owner, grants, options, comment) and `later`
 /// (secondary indexes and foreign keys).
 struct Plan {
+    owner: String,
     now: Vec<String>,
     later: Vec<String>,
+}
+
+/// What a table is made of, as lines in a stable order: columns, constraints, indexes
+/// (without the table's name), owner, grants (without grantors), options, comment. The
+/// copy must come out with the real table's shape, and the real table must still have
+/// it at the swap.
+const SHAPE_SQL: &str = "
+    SELECT line FROM (
+      SELECT 'column ' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+             || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+             || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+             || ' ' || a.attidentity::text || a.attgenerated::text || a.attstorage::text
+             || ' ' || a.attcollation::text AS line
+      FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+      WHERE a.attrelid = $1::bigint::oid AND a.attnum > 0 AND NOT a.attisdropped
+      UNION ALL
+      SELECT 'constraint ' || conname || ' ' || pg_get_constraintdef(oid)
+      FROM pg_constraint WHERE conrelid = $1::bigint::oid
+      UNION ALL
+      SELECT 'index ' || regexp_replace(pg_get_indexdef(indexrelid), ' ON \\S+ USING ', ' USING ')
+      FROM pg_index WHERE indrelid = $1::bigint::oid
+      UNION ALL
+      SELECT 'owner ' || pg_get_userbyid(relowner) FROM pg_class WHERE oid = $1::bigint::oid
+      UNION ALL
+      SELECT 'grant ' || CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END
+             || ' ' || a.privilege_type || CASE WHEN a.is_grantable THEN ' grantable' ELSE '' END
+      FROM pg_class c, aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
+      WHERE c.oid = $1::bigint::oid
+      UNION ALL
+      SELECT 'options ' || coalesce(array_to_string(reloptions, ', '), '')
+             || ' comment ' || coalesce(obj_description(oid, 'pg_class'), '')
+             || ' kind ' || relkind::text || relpersistence::text
+      FROM pg_class WHERE oid = $1::bigint::oid
+    ) lines ORDER BY line";
+
+async fn shape_of(session: &Session, oid: i64) -> Result<Vec<String>, sqlx::Error> {
+    session
+        .fetch_all(SHAPE_SQL, &[oid.into()])
+        .await?
+        .iter()
+        .map(|r| r.text("line"))
+        .collect()
+}
+
+async fn shape_in(tx: &mut Tx, oid: i64) -> Result<Vec<String>, sqlx::Error> {
+    tx.fetch_all(SHAPE_SQL, &[oid.into()])
+        .await?
+        .iter()
+        .map(|r| r.text("line"))
+        .collect()
+}
+
+/// The oid of the table `name` resolves to on the connection.
+async fn oid_of(session: &Session, name: &str) -> Result<i64, ProjectionError> {
+    session
+        .fetch_optional("SELECT to_regclass($1)::oid::bigint AS oid", &[name.into()])
+        .await?
+        .map(|r| r.opt_int("oid"))
+        .transpose()?
+        .flatten()
+        .ok_or_else(|| ProjectionError::Failed(format!("no table {name}")))
 }
 
 async fn plan(session: &Session, table: &str) -> Result<(Home, Plan), ProjectionError> {
@@ -320,7 +512,7 @@ async fn plan(session: &Session, table: &str) -> Result<(Home, Plan), Projection
                     quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS qualified,
                     pg_get_userbyid(c.relowner)::text AS owner,
                     array_to_string(c.reloptions, ', ') AS options,
-                    obj_description(c.oid, 'pg_class') AS comment
+                    quote_literal(obj_description(c.oid, 'pg_class')) AS comment
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.oid = to_regclass($1)",
             &[table.into()],
@@ -331,18 +523,16 @@ async fn plan(session: &Session, table: &str) -> Result<(Home, Plan), Projection
     let oid = row.int("oid")?;
     // As PostgreSQL prints it in an index's definition.
     let qualified = row.text("qualified")?;
+    let owner = row.text("owner")?;
     let mut now = vec![format!(
         "ALTER TABLE {PLACEHOLDER} OWNER TO {}",
-        quote(&row.text("owner")?)
+        quote(&owner)
     )];
     if let Some(options) = row.opt_text("options")?.filter(|o| !o.is_empty()) {
         now.push(format!("ALTER TABLE {PLACEHOLDER} SET ({options})"));
     }
     if let Some(comment) = row.opt_text("comment")? {
-        now.push(format!(
-            "COMMENT ON TABLE {PLACEHOLDER} IS {}",
-            literal(&comment)
-        ));
+        now.push(format!("COMMENT ON TABLE {PLACEHOLDER} IS {comment}"));
     }
     let mut later = Vec::new();
     // Constraints with their names: keys and exclusions now, foreign keys later (checks
@@ -420,27 +610,53 @@ async fn plan(session: &Session, table: &str) -> Result<(Home, Plan), Projection
             }
         ));
     }
-    Ok((Home { schema, qualified }, Plan { now, later }))
+    let shape = shape_of(session, oid).await?;
+    Ok((
+        Home {
+            schema,
+            qualified,
+            shape,
+        },
+        Plan { owner, now, later },
+    ))
 }
 
 /// Makes the copies' secondary indexes and foreign keys and gathers their statistics, once
 /// the log has been replayed into them (outside the swap's transaction: nobody else uses
-/// the copies).
+/// the copies); then checks that each copy has its real table's shape.
 pub(super) async fn finish(
     session: &Session,
     moved: &mut Moved,
     tables: &[&str],
-) -> Result<(), sqlx::Error> {
+) -> Result<(), ProjectionError> {
     for statement in std::mem::take(&mut moved.deferred) {
         session.execute(&statement, &[]).await?;
     }
-    for table in tables {
-        session
-            .execute(&format!("ANALYZE {}.{table}", quote(&moved.schema)), &[])
-            .await?;
+    for (table, shape) in tables.iter().zip(&moved.shapes) {
+        let copy = format!("{}.{table}", quote(&moved.schema));
+        session.execute(&format!("ANALYZE {copy}"), &[]).await?;
+        let made = shape_of(session, oid_of(session, &copy).await?).await?;
+        if &made != shape {
+            return Err(ProjectionError::Failed(format!(
+                "the copy of {table} did not come out like the table: {}",
+                difference(shape, &made)
+            )));
+        }
     }
+    moved.finished = true;
     Ok(())
 }
+
+/// The lines only one of two shapes has, for an error message.
+fn difference(expected: &[String], found: &[String]) -> String {
+    let missing: Vec<&String> = expected.iter().filter(|l| !found.contains(l)).collect();
+    let extra: Vec<&String> = found.iter().filter(|l| !expected.contains(l)).collect();
+    format!("missing {missing:?}, extra {extra:?}")
+}
+
+/// How long the swap waits for readers of the tables to let go before it gives up (the
+/// rebuild then fails and is retried). Readers that arrive meanwhile queue behind it.
+const SWAP_LOCK_TIMEOUT: &str = "3s";
 
 /// Inside the swap's transaction: replaces the real tables with the copies (see the module
 /// docs). `tables` are children before parents.
@@ -450,48 +666,83 @@ pub(super) async fn move_into_place(
     tables: &[&str],
     homes: &[Home],
 ) -> Result<(), ProjectionError> {
-    if !moved.deferred.is_empty() {
+    if !moved.finished {
         return Err(ProjectionError::Failed(
             "the copies' indexes were not made before the swap".into(),
         ));
     }
     // Names resolve as they do everywhere else from here on: to the real tables.
     tx.execute(
-        "SELECT set_config('search_path', $1, true), set_config('synchronous_commit', 'on', true)",
-        &[moved.search_path.as_str().into()],
+        "SELECT set_config('search_path', $1, true), set_config('synchronous_commit', 'on', true),
+                set_config('lock_timeout', $2, true)",
+        &[moved.search_path.as_str().into(), SWAP_LOCK_TIMEOUT.into()],
     )
     .await?;
-    let qualified: Vec<&str> = homes.iter().map(|h| h.qualified.as_str()).collect();
+    let cte = homes_cte(tables);
+    let views_sql = format!(
+        "{cte}
+         SELECT DISTINCT v.oid::bigint AS oid,
+                quote_ident(n.nspname) || '.' || quote_ident(v.relname) AS name,
+                pg_get_viewdef(v.oid) AS def,
+                array_to_string(v.reloptions, ', ') AS options
+         FROM pg_depend d
+         JOIN pg_rewrite r ON r.oid = d.objid
+         JOIN pg_class v ON v.oid = r.ev_class
+         JOIN pg_namespace n ON n.oid = v.relnamespace
+         WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+           AND d.refobjid IN (SELECT oid FROM homes)
+           AND v.oid NOT IN (SELECT oid FROM homes)
+         ORDER BY 1"
+    );
+    // The views first, then the tables, in one statement: a reader of a view locks the
+    // view when its query is planned and the table after it, so locking the tables first
+    // and the views later (for `CREATE OR REPLACE VIEW`) could deadlock with it.
+    let views = tx.fetch_all(&views_sql, &params(tables)).await?;
+    let mut locked: Vec<String> = views
+        .iter()
+        .map(|v| v.text("name"))
+        .collect::<Result<_, _>>()?;
+    locked.extend(homes.iter().map(|h| h.qualified.clone()));
     tx.execute(
-        &format!(
-            "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
-            qualified.join(", ")
-        ),
+        &format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", locked.join(", ")),
         &[],
     )
     .await?;
-    // Under the lock, the views as they are now, printed with the usual search path.
-    let cte = homes_cte(tables);
-    let views = tx
-        .fetch_all(
-            &format!(
-                "{cte}
-                 SELECT DISTINCT v.oid::bigint AS oid,
-                        quote_ident(n.nspname) || '.' || quote_ident(v.relname) AS name,
-                        pg_get_viewdef(v.oid) AS def,
-                        array_to_string(v.reloptions, ', ') AS options
-                 FROM pg_depend d
-                 JOIN pg_rewrite r ON r.oid = d.objid
-                 JOIN pg_class v ON v.oid = r.ev_class
-                 JOIN pg_namespace n ON n.oid = v.relnamespace
-                 WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-                   AND d.refobjid IN (SELECT oid FROM homes)
-                   AND v.oid NOT IN (SELECT oid FROM homes)
-                 ORDER BY 1"
-            ),
-            &params(tables),
-        )
-        .await?;
+    // Under the lock: the views as they are now (one may have changed or appeared before
+    // the lock), and the tables as the copies were made from.
+    let views = tx.fetch_all(&views_sql, &params(tables)).await?;
+    for view in &views {
+        if !locked.contains(&view.text("name")?) {
+            return Err(ProjectionError::Failed(format!(
+                "a view over the tables appeared during the swap: {}",
+                view.text("name")?
+            )));
+        }
+    }
+    for (home, table) in homes.iter().zip(tables) {
+        let oid = tx
+            .fetch_optional(
+                "SELECT to_regclass($1)::oid::bigint AS oid",
+                &[home.qualified.as_str().into()],
+            )
+            .await?
+            .map(|r| r.opt_int("oid"))
+            .transpose()?
+            .flatten()
+            .ok_or_else(|| ProjectionError::Failed(format!("{table} vanished")))?;
+        let now = shape_in(tx, oid).await?;
+        if now != home.shape {
+            return Err(ProjectionError::Failed(format!(
+                "{table} changed while it was rebuilt: {}",
+                difference(&home.shape, &now)
+            )));
+        }
+    }
+    if let Some(why) = movable_in(tx, tables).await? {
+        return Err(ProjectionError::Failed(format!(
+            "the tables can no longer be moved: {why}"
+        )));
+    }
     let old = format!("{}_old", moved.schema);
     tx.execute(&format!("CREATE SCHEMA {}", quote(&old)), &[])
         .await?;

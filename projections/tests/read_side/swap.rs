@@ -566,14 +566,43 @@ async fn a_postgres_rebuild_moves_its_tables_into_place_and_keeps_views_indexes_
     let total = "SELECT events AS n FROM swap_total";
     assert_eq!(env.count(total, &[]).await, i64::try_from(head).unwrap());
 
-    let report = rebuild_projection(Arc::clone(&env.store), &env.pool, &*Counter::new(1), 7)
-        .await
-        .expect("rebuild");
-    assert_eq!(report.position, head);
-    assert_ne!(
-        table_oid(&env).await,
-        before,
-        "the copy was moved into place, not copied over the old table"
+    // Readers of the views all along: a reader locks a view before its table, and the
+    // swap must not deadlock with them (nor may they see anything but the full count).
+    let (stop, stopped) = watch::channel(false);
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (pool, stopped) = (env.pool.clone(), stopped.clone());
+            tokio::spawn(async move {
+                let mut reads = 0u32;
+                while !*stopped.borrow() {
+                    let rows = db::fetch_all(&pool, "SELECT events AS n FROM swap_total", &[])
+                        .await
+                        .expect("read the view during rebuilds");
+                    assert_eq!(rows[0].int("n").unwrap(), i64::try_from(head).unwrap());
+                    reads += 1;
+                    tokio::task::yield_now().await;
+                }
+                reads
+            })
+        })
+        .collect();
+    let mut oids = vec![before];
+    for _ in 0..3 {
+        let report = rebuild_projection(Arc::clone(&env.store), &env.pool, &*Counter::new(1), 7)
+            .await
+            .expect("rebuild");
+        assert_eq!(report.position, head);
+        oids.push(table_oid(&env).await);
+    }
+    stop.send_replace(true);
+    for reader in readers {
+        assert!(reader.await.expect("a reader of the views") > 0);
+    }
+    oids.dedup();
+    assert_eq!(
+        oids.len(),
+        4,
+        "each rebuild moved its copy into place, none copied over the old table"
     );
     assert_eq!(dump(&env.pool).await, expected(&env, 1, head).await);
     assert_eq!(env.count(total, &[]).await, i64::try_from(head).unwrap());
@@ -690,8 +719,11 @@ async fn a_crashed_rebuilds_schema_is_swept_by_the_next_rebuild_and_a_live_ones_
         return;
     };
     create_table(&env).await;
-    let (crashed, running) = ("boxoffice_rebuild_crashed", "boxoffice_rebuild_running");
-    for schema in [crashed, running] {
+    let named = || format!("boxoffice_rebuild_{}", uuid::Uuid::new_v4().simple());
+    let (crashed, running) = (named(), named());
+    // Named like a rebuild's schema, but not one: never swept.
+    let other = "boxoffice_rebuild_archive";
+    for schema in [crashed.as_str(), running.as_str(), other] {
         for sql in [
             format!("CREATE SCHEMA {schema}"),
             format!("CREATE TABLE {schema}.swap_counts (LIKE public.swap_counts)"),
@@ -706,7 +738,7 @@ async fn a_crashed_rebuilds_schema_is_swept_by_the_next_rebuild_and_a_live_ones_
     holder
         .execute(
             "SELECT pg_advisory_lock(x'626f78'::int, hashtext($1))",
-            &[running.into()],
+            &[running.as_str().into()],
         )
         .await
         .unwrap();
@@ -718,13 +750,158 @@ async fn a_crashed_rebuilds_schema_is_swept_by_the_next_rebuild_and_a_live_ones_
         .await
         .expect("rebuild");
     assert_eq!(dump(&env.pool).await, expected(&env, 1, head).await);
-    assert_eq!(rebuild_schemas(&env).await, vec![running.to_owned()]);
+    let mut left = vec![other.to_owned(), running.clone()];
+    left.sort();
+    assert_eq!(rebuild_schemas(&env).await, left);
 
     // Once that process is gone, the next rebuild sweeps its schema too.
     holder.close().await;
     rebuild_projection(Arc::clone(&env.store), &env.pool, &*Counter::new(1), 7)
         .await
         .expect("rebuild");
+    assert_eq!(rebuild_schemas(&env).await, vec![other.to_owned()]);
+    db::execute(&env.pool, &format!("DROP SCHEMA {other} CASCADE"), &[])
+        .await
+        .unwrap();
     no_shadow_left(&env).await;
     env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_table_changed_during_a_postgres_rebuild_fails_the_move_and_the_next_rebuild_copies() {
+    let Some(env) = postgres_only().await else {
+        return;
+    };
+    create_table(&env).await;
+    let mut log = Log::new(&env.store);
+    let (show, buyer) = (show(), user());
+    let head = buy_many(&mut log, show, buyer, 0..6).await;
+    let v1 = start(&env, Counter::new(1));
+    assert!(v1.get(NAME).unwrap().wait_for(head, WAIT).await);
+    v1.shutdown().await;
+    let old = dump(&env.pool).await;
+    let before = table_oid(&env).await;
+
+    // An index added (say by a migration of a newer deploy) while the rebuild runs: moving
+    // the copy in would lose it.
+    let (gate, gate_reached) = Gate::new(2);
+    let rebuild = {
+        let (store, pool) = (Arc::clone(&env.store), env.pool.clone());
+        let counter = Counter::gated(2, &gate);
+        tokio::spawn(async move { rebuild_projection(store, &pool, counter.as_ref(), 7).await })
+    };
+    reached(gate_reached).await;
+    db::execute(
+        &env.pool,
+        "CREATE INDEX swap_counts_added_idx ON swap_counts (last_position)",
+        &[],
+    )
+    .await
+    .unwrap();
+    gate.release.notify_one();
+    let failed = rebuild.await.unwrap().expect_err("the move must fail");
+    assert!(
+        failed.to_string().contains("changed while it was rebuilt"),
+        "{failed}"
+    );
+    assert_eq!(dump(&env.pool).await, old, "the old rows are untouched");
+    assert_eq!(checkpoint(&env).await, (1, head));
+    assert_eq!(table_oid(&env).await, before);
+    no_shadow_left(&env).await;
+
+    // The next rebuild copies into place, keeping the table and its new index.
+    let report = rebuild_projection(Arc::clone(&env.store), &env.pool, &*Counter::new(2), 7)
+        .await
+        .expect("rebuild");
+    assert_eq!((report.version, report.position), (2, head));
+    assert_eq!(table_oid(&env).await, before, "copied, not moved");
+    assert_eq!(dump(&env.pool).await, expected(&env, 2, head).await);
+    assert_eq!(
+        env.count(
+            "SELECT count(*) AS n FROM pg_indexes WHERE indexname = 'swap_counts_added_idx'",
+            &[]
+        )
+        .await,
+        1
+    );
+    no_shadow_left(&env).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_postgres_rebuild_by_a_member_of_the_read_models_owner_moves_the_tables() {
+    let Some(env) = postgres_only().await else {
+        return;
+    };
+    create_table(&env).await;
+    dress_the_table(&env).await;
+    let mut log = Log::new(&env.store);
+    let (show, buyer) = (show(), user());
+    let head = buy_many(&mut log, show, buyer, 0..4).await;
+    // The README's setup: the read models have an owner role of their own, and the
+    // server's role is a member of it.
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let (models, app) = (format!("bo_models_{tag}"), format!("bo_app_{tag}"));
+    let database = db::fetch_all(&env.pool, "SELECT current_database()::text AS db", &[])
+        .await
+        .unwrap()[0]
+        .text("db")
+        .unwrap();
+    for sql in [
+        format!("CREATE ROLE {models} NOLOGIN"),
+        format!("CREATE ROLE {app} LOGIN"),
+        format!("ALTER TABLE swap_counts OWNER TO {models}"),
+        format!("ALTER VIEW swap_totals OWNER TO {models}"),
+        format!("GRANT {models} TO {app}"),
+        format!("GRANT CREATE ON DATABASE {database} TO {app}"),
+        format!("GRANT USAGE, CREATE ON SCHEMA public TO {app}"),
+        format!("GRANT SELECT, INSERT, UPDATE ON projection_checkpoints TO {app}"),
+        format!("GRANT SELECT ON swap_total TO {app}"),
+    ] {
+        db::execute(&env.pool, &sql, &[]).await.expect(&sql);
+    }
+    let admin = std::env::var("DATABASE_URL").expect("postgres_only needs DATABASE_URL");
+    let (prefix, _) = admin.rsplit_once('/').unwrap();
+    let host = prefix.rsplit_once('@').map_or(prefix, |(_, host)| host);
+    let host = host
+        .trim_start_matches("postgres://")
+        .trim_start_matches("postgresql://");
+    let as_app = TablePool::connect(&format!("postgres://{app}@{host}/{database}"))
+        .await
+        .expect("connect as the server's role");
+    let before = table_oid(&env).await;
+    let report = rebuild_projection(Arc::clone(&env.store), &as_app, &*Counter::new(2), 7)
+        .await
+        .expect("rebuild as a member of the owner");
+    assert_eq!((report.version, report.position), (2, head));
+    assert_ne!(table_oid(&env).await, before, "moved into place");
+    assert_eq!(dump(&env.pool).await, expected(&env, 2, head).await);
+    assert_eq!(
+        env.count(
+            &format!(
+                "SELECT count(*) AS n FROM pg_class WHERE oid = 'swap_counts'::regclass
+                 AND pg_get_userbyid(relowner) = '{models}'"
+            ),
+            &[]
+        )
+        .await,
+        1,
+        "the read models' owner still owns the table"
+    );
+    assert_eq!(
+        env.count("SELECT events AS n FROM swap_total", &[]).await,
+        i64::try_from(head).unwrap()
+    );
+    match as_app {
+        TablePool::Postgres(p) => p.close().await,
+        TablePool::Sqlite(p) => p.close().await,
+    }
+    no_shadow_left(&env).await;
+    env.cleanup().await;
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    for sql in [format!("DROP ROLE {app}"), format!("DROP ROLE {models}")] {
+        sqlx::query(&sql).execute(&mut admin).await.expect(&sql);
+    }
 }
