@@ -310,43 +310,63 @@ impl Shadow {
     /// Once the log has been replayed into the copies, before the swap's transaction:
     /// makes what was left out of copies that will be moved into place (secondary indexes,
     /// foreign keys, statistics).
+    ///
+    /// If that fails (a copy that did not come out like its table, say), the copies are
+    /// complete all the same: the swap then copies their rows into place instead of moving
+    /// them.
     pub(crate) async fn finish(&mut self) -> Result<(), ProjectionError> {
-        if let Place::Schema { moved, key } = &mut self.place {
-            let finished = schema::finish(&self.session, moved, self.tables).await;
-            if finished.is_err() {
-                move_failed(key, true);
-            }
-            finished?;
+        if let Place::Schema { moved, key } = &mut self.place
+            && let Err(e) = schema::finish(&self.session, moved, self.tables).await
+        {
+            tracing::warn!(error = %e, "the rebuilt tables will be copied into place, not moved");
+            move_failed(key, true);
         }
         Ok(())
     }
 
     /// Inside `tx` (begun with [`Self::begin`]): puts the copies' rows in place of the real
     /// tables' rows, by moving the copies into place ([`schema`]) or by copying them.
+    ///
+    /// A move that fails (a lock not granted in time, a deadlock with a reader, a table
+    /// changed during the rebuild, a dependency the checks did not foresee) is rolled back
+    /// to a savepoint and the copies' rows are copied into place instead, as with TEMP
+    /// copies: the rebuild is not lost, and readers are not locked out.
     pub(crate) async fn put_in_place(&self, tx: &mut Tx) -> Result<(), ProjectionError> {
         match &self.place {
             Place::Schema { moved, key } => {
-                let put = schema::move_into_place(tx, moved, self.tables, &self.home_schemas).await;
-                if put.is_err() {
-                    move_failed(key, true);
+                tx.execute("SAVEPOINT move_into_place", &[]).await?;
+                match schema::move_into_place(tx, moved, self.tables, &self.home_schemas).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        tx.execute("ROLLBACK TO SAVEPOINT move_into_place", &[])
+                            .await?;
+                        tracing::warn!(
+                            tables = ?self.tables,
+                            error = %e,
+                            "moving the rebuilt tables into place failed; copying their rows instead"
+                        );
+                        move_failed(key, true);
+                        Ok(self
+                            .copy_into_place(tx, &schema::quote(&moved.schema))
+                            .await?)
+                    }
                 }
-                put
             }
-            Place::Temp => Ok(self.copy_into_place(tx).await?),
+            Place::Temp => Ok(self.copy_into_place(tx, temp_schema(tx.backend())).await?),
         }
     }
 
     /// Inside `tx` (begun with [`Self::begin`]): replaces every real table's rows with its
-    /// copy's. Parents are refilled before children, after children were emptied first, so
-    /// foreign keys between the tables hold at every statement.
-    async fn copy_into_place(&self, tx: &mut Tx) -> Result<(), sqlx::Error> {
-        let temp = temp_schema(tx.backend());
+    /// copy's (in `copies`, the schema that holds them). Parents are refilled before
+    /// children, after children were emptied first, so foreign keys between the tables hold
+    /// at every statement.
+    async fn copy_into_place(&self, tx: &mut Tx, copies: &str) -> Result<(), sqlx::Error> {
         for home in &self.homes {
             tx.execute(&format!("DELETE FROM {home}"), &[]).await?;
         }
         for (table, home) in self.tables.iter().zip(&self.homes).rev() {
             tx.execute(
-                &format!("INSERT INTO {home} SELECT * FROM {temp}.{table}"),
+                &format!("INSERT INTO {home} SELECT * FROM {copies}.{table}"),
                 &[],
             )
             .await?;

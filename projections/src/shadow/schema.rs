@@ -177,8 +177,9 @@ async fn movable_on(conn: &mut Conn<'_>, tables: &[&str]) -> Result<Option<Strin
     }
     // Everything that depends on the tables must be theirs (row type, TOAST table,
     // indexes, defaults, their own constraints) or a plain view this role owns, in a
-    // schema it may create in (`CREATE OR REPLACE VIEW` needs both); nothing may depend on
-    // their row types but those types' array types.
+    // schema it may create in (`CREATE OR REPLACE VIEW` needs both), that reads nothing
+    // but these tables (the swap locks it, and locking a view locks what it reads);
+    // nothing may depend on their row types but those types' array types.
     let foreign = conn
         .fetch_all(
             &format!(
@@ -205,7 +206,14 @@ async fn movable_on(conn: &mut Conn<'_>, tables: &[&str]) -> Result<Option<Strin
                            WHERE r.oid = d.objid AND r.rulename = '_RETURN' AND v.relkind = 'v'
                              AND v.oid NOT IN (SELECT oid FROM homes)
                              AND pg_has_role(v.relowner, 'USAGE')
-                             AND has_schema_privilege(v.relnamespace, 'CREATE'))))
+                             AND has_schema_privilege(v.relnamespace, 'CREATE')
+                             -- Locking a view locks what it reads: only these tables.
+                             AND NOT EXISTS (
+                                   SELECT 1 FROM pg_depend o
+                                   WHERE o.classid = 'pg_rewrite'::regclass AND o.objid = r.oid
+                                     AND o.refclassid = 'pg_class'::regclass
+                                     AND o.refobjid <> v.oid
+                                     AND o.refobjid NOT IN (SELECT oid FROM homes)))))
                  UNION
                  SELECT pg_describe_object(d.classid, d.objid, 0)
                  FROM pg_depend d JOIN pg_class c ON c.reltype = d.refobjid
