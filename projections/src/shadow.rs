@@ -216,12 +216,7 @@ impl Shadow {
         session: &Session,
         tables: &'static [&'static str],
     ) -> Result<Option<Self>, ProjectionError> {
-        let key = session
-            .fetch_optional("SELECT current_database()::text AS db", &[])
-            .await?
-            .map(|r| r.text("db"))
-            .transpose()?
-            .unwrap_or_default()
+        let key = schema::text_of(session, "SELECT current_database()::text AS value").await?
             + "/"
             + &tables.join(",");
         if move_failed(&key, false) {
@@ -316,7 +311,8 @@ impl Shadow {
     /// them.
     pub(crate) async fn finish(&mut self) -> Result<(), ProjectionError> {
         if let Place::Schema { moved, key } = &mut self.place
-            && let Err(e) = schema::finish(&self.session, moved, self.tables).await
+            && let Err(e) =
+                schema::finish(&self.session, moved, self.tables, &self.home_schemas).await
         {
             tracing::warn!(error = %e, "the rebuilt tables will be copied into place, not moved");
             move_failed(key, true);

@@ -56,8 +56,6 @@ pub(super) struct Moved {
     pub search_path: String,
     /// Secondary indexes and foreign keys, made after the replay.
     pub deferred: Vec<String>,
-    /// Each real table's shape when the rebuild began, children before parents.
-    pub shapes: Vec<Vec<String>>,
     /// [`finish`] ran: the copies are complete and checked.
     pub finished: bool,
 }
@@ -305,12 +303,7 @@ pub(super) async fn create(
     session: &Session,
     tables: &[&str],
 ) -> Result<(Vec<Home>, Moved), ProjectionError> {
-    let search_path = session
-        .fetch_optional("SELECT current_setting('search_path') AS path", &[])
-        .await?
-        .map(|r| r.text("path"))
-        .transpose()?
-        .unwrap_or_default();
+    let search_path = text_of(session, "SELECT current_setting('search_path') AS value").await?;
     // Everything is read before the copies exist, while the names resolve to the real
     // tables and PostgreSQL prints references to them unqualified.
     let mut homes = Vec::with_capacity(tables.len());
@@ -331,7 +324,6 @@ pub(super) async fn create(
         schema,
         search_path,
         deferred: Vec::new(),
-        shapes: homes.iter().map(|h| h.shape.clone()).collect(),
         finished: false,
     };
     match make_copies(session, tables, &homes, &plans, &mut moved).await {
@@ -364,12 +356,7 @@ async fn make_copies(
         .await?;
     // A copy handed to another owner (the role is a member of the real table's owner)
     // needs that owner to be allowed in the schema.
-    let me = session
-        .fetch_optional("SELECT current_user::text AS me", &[])
-        .await?
-        .map(|r| r.text("me"))
-        .transpose()?
-        .unwrap_or_default();
+    let me = text_of(session, "SELECT current_user::text AS value").await?;
     let mut owners: Vec<&str> = plans.iter().map(|p| p.owner.as_str()).collect();
     owners.sort_unstable();
     owners.dedup();
@@ -485,17 +472,8 @@ const SHAPE_SQL: &str = "
       FROM pg_class WHERE oid = $1::bigint::oid
     ) lines ORDER BY line";
 
-async fn shape_of(session: &Session, oid: i64) -> Result<Vec<String>, sqlx::Error> {
-    session
-        .fetch_all(SHAPE_SQL, &[oid.into()])
-        .await?
-        .iter()
-        .map(|r| r.text("line"))
-        .collect()
-}
-
-async fn shape_in(tx: &mut Tx, oid: i64) -> Result<Vec<String>, sqlx::Error> {
-    tx.fetch_all(SHAPE_SQL, &[oid.into()])
+async fn shape(conn: &mut Conn<'_>, oid: i64) -> Result<Vec<String>, sqlx::Error> {
+    conn.fetch_all(SHAPE_SQL, &[oid.into()])
         .await?
         .iter()
         .map(|r| r.text("line"))
@@ -503,14 +481,23 @@ async fn shape_in(tx: &mut Tx, oid: i64) -> Result<Vec<String>, sqlx::Error> {
 }
 
 /// The oid of the table `name` resolves to on the connection.
-async fn oid_of(session: &Session, name: &str) -> Result<i64, ProjectionError> {
-    session
-        .fetch_optional("SELECT to_regclass($1)::oid::bigint AS oid", &[name.into()])
+async fn oid_of(conn: &mut Conn<'_>, name: &str) -> Result<i64, ProjectionError> {
+    conn.fetch_optional("SELECT to_regclass($1)::oid::bigint AS oid", &[name.into()])
         .await?
         .map(|r| r.opt_int("oid"))
         .transpose()?
         .flatten()
         .ok_or_else(|| ProjectionError::Failed(format!("no table {name}")))
+}
+
+/// The one text value `sql` selects (as `value`) on the session.
+pub(super) async fn text_of(session: &Session, sql: &str) -> Result<String, sqlx::Error> {
+    session
+        .fetch_optional(sql, &[])
+        .await?
+        .map(|r| r.text("value"))
+        .transpose()
+        .map(Option::unwrap_or_default)
 }
 
 async fn plan(session: &Session, table: &str) -> Result<(Home, Plan), ProjectionError> {
@@ -618,7 +605,7 @@ async fn plan(session: &Session, table: &str) -> Result<(Home, Plan), Projection
             }
         ));
     }
-    let shape = shape_of(session, oid).await?;
+    let shape = shape(&mut Conn::Session(session), oid).await?;
     Ok((
         Home {
             schema,
@@ -636,18 +623,21 @@ pub(super) async fn finish(
     session: &Session,
     moved: &mut Moved,
     tables: &[&str],
+    homes: &[Home],
 ) -> Result<(), ProjectionError> {
     for statement in std::mem::take(&mut moved.deferred) {
         session.execute(&statement, &[]).await?;
     }
-    for (table, shape) in tables.iter().zip(&moved.shapes) {
+    let conn = &mut Conn::Session(session);
+    for (table, home) in tables.iter().zip(homes) {
         let copy = format!("{}.{table}", quote(&moved.schema));
         session.execute(&format!("ANALYZE {copy}"), &[]).await?;
-        let made = shape_of(session, oid_of(session, &copy).await?).await?;
-        if &made != shape {
+        let oid = oid_of(conn, &copy).await?;
+        let made = shape(conn, oid).await?;
+        if made != home.shape {
             return Err(ProjectionError::Failed(format!(
                 "the copy of {table} did not come out like the table: {}",
-                difference(shape, &made)
+                difference(&home.shape, &made)
             )));
         }
     }
@@ -728,17 +718,9 @@ pub(super) async fn move_into_place(
         }
     }
     for (home, table) in homes.iter().zip(tables) {
-        let oid = tx
-            .fetch_optional(
-                "SELECT to_regclass($1)::oid::bigint AS oid",
-                &[home.qualified.as_str().into()],
-            )
-            .await?
-            .map(|r| r.opt_int("oid"))
-            .transpose()?
-            .flatten()
-            .ok_or_else(|| ProjectionError::Failed(format!("{table} vanished")))?;
-        let now = shape_in(tx, oid).await?;
+        let conn = &mut Conn::Tx(tx);
+        let oid = oid_of(conn, &home.qualified).await?;
+        let now = shape(conn, oid).await?;
         if now != home.shape {
             return Err(ProjectionError::Failed(format!(
                 "{table} changed while it was rebuilt: {}",

@@ -220,6 +220,13 @@ async fn no_shadow_left(env: &Env) {
     .await;
 }
 
+/// A log of `count` purchases for a new show (six events apiece); returns its last
+/// position.
+async fn purchases(env: &Env, count: u32) -> u64 {
+    let mut log = Log::new(&env.store);
+    buy_many(&mut log, show(), user(), 0..count).await
+}
+
 /// The PostgreSQL backend's environment, if the tests run with one (any other is cleaned
 /// up).
 async fn postgres_only() -> Option<Env> {
@@ -691,9 +698,7 @@ async fn a_postgres_rebuild_copies_into_place_when_other_objects_depend_on_the_t
     )
     .await
     .unwrap();
-    let mut log = Log::new(&env.store);
-    let (show, buyer) = (show(), user());
-    let head = buy_many(&mut log, show, buyer, 0..4).await;
+    let head = purchases(&env, 4).await;
     let before = table_oid(&env).await;
     let report = rebuild_projection(Arc::clone(&env.store), &env.pool, &*Counter::new(2), 7)
         .await
@@ -762,9 +767,7 @@ async fn a_crashed_rebuilds_schema_is_swept_by_the_next_rebuild_and_a_live_ones_
         .await
         .unwrap();
 
-    let mut log = Log::new(&env.store);
-    let (show, buyer) = (show(), user());
-    let head = buy_many(&mut log, show, buyer, 0..3).await;
+    let head = purchases(&env, 3).await;
     rebuild_projection(Arc::clone(&env.store), &env.pool, &*Counter::new(1), 7)
         .await
         .expect("rebuild");
@@ -792,9 +795,7 @@ async fn a_table_changed_during_a_postgres_rebuild_is_copied_into_place_instead(
         return;
     };
     create_table(&env).await;
-    let mut log = Log::new(&env.store);
-    let (show, buyer) = (show(), user());
-    let head = buy_many(&mut log, show, buyer, 0..6).await;
+    let head = purchases(&env, 6).await;
     let v1 = start(&env, Counter::new(1));
     assert!(v1.get(NAME).unwrap().wait_for(head, WAIT).await);
     v1.shutdown().await;
@@ -844,9 +845,7 @@ async fn a_postgres_rebuild_by_a_member_of_the_read_models_owner_moves_the_table
     };
     create_table(&env).await;
     dress_the_table(&env).await;
-    let mut log = Log::new(&env.store);
-    let (show, buyer) = (show(), user());
-    let head = buy_many(&mut log, show, buyer, 0..4).await;
+    let head = purchases(&env, 4).await;
     // The README's setup: the read models have an owner role of their own, and the
     // server's role is a member of it.
     let tag = uuid::Uuid::new_v4().simple().to_string();
