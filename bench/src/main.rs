@@ -23,7 +23,9 @@ use boxoffice_domain::{
     Command, DomainEvent, Minor, RandomIds, ReservationId, ShowId, SystemClock, UserId,
 };
 use boxoffice_store::EventStore;
+mod ceiling;
 mod checkout;
+mod cpu;
 mod lag;
 mod onsale;
 mod soak;
@@ -108,6 +110,11 @@ enum Cmd {
     /// `--url`; samples the server's RSS and each window's latency and errors, and judges
     /// memory growth, latency drift and the event log audit.
     Soak(Box<soak::SoakArgs>),
+    /// The HTTP ceiling: closed-loop GETs of one cheap path (`/healthz`) through the
+    /// server's whole middleware stack, with the on-sale bench's client; prints requests/s
+    /// and the CPU each side spends per request, the bound any hold rate on this machine
+    /// stays under.
+    Ceiling(Box<ceiling::CeilingArgs>),
 }
 
 const SEATS_PER_ROW: u32 = 500;
@@ -204,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Onsale(args) => onsale::main(*args).await,
         Cmd::Soak(args) => soak::main(*args).await,
+        Cmd::Ceiling(args) => ceiling::main(*args).await,
     }
 }
 

@@ -35,6 +35,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::cpu::{CpuSample, CpuUse};
+
 /// Attempts one buyer makes to hold something before joining the waitlist.
 const HOLD_ATTEMPTS_MAX: usize = 5;
 /// Seats one buyer asks for, at most (the contract allows 10 per hold).
@@ -243,6 +245,10 @@ pub struct OnsaleReport {
     /// Non-2xx answers, `"<status> <code>"`; transport failures as `"transport <kind>"`.
     pub errors: BTreeMap<String, u64>,
     pub server_errors: u64,
+    /// The machine's CPU over the load window, by side, and per hold attempt (all the
+    /// load's work divided by its hold attempts). Absent in reports from before it.
+    #[serde(default)]
+    pub cpu: Option<CpuUse>,
     pub audit: Option<Audit>,
 }
 
@@ -307,8 +313,8 @@ pub async fn main(args: OnsaleArgs) -> anyhow::Result<()> {
         external,
         &args.server.spec(args.paysim_latency_ms),
         args.keep_data,
-        |target, _| async move {
-            let report = run(args, &target).await?;
+        |target, pid| async move {
+            let report = run(args, &target, pid).await?;
             let show_id = report.show_id.clone();
             Ok((report, show_id))
         },
@@ -465,7 +471,7 @@ pub(crate) struct ShowSpec {
 // ---------------------------------------------------------------------------------------
 // The server the bench starts
 
-struct Server {
+pub(crate) struct Server {
     child: tokio::process::Child,
     backend: ServerBackend,
     base: String,
@@ -478,7 +484,7 @@ struct Server {
 }
 
 impl Server {
-    async fn start(spec: &ServerSpec) -> anyhow::Result<Self> {
+    pub(crate) async fn start(spec: &ServerSpec) -> anyhow::Result<Self> {
         let bin = match &spec.bin {
             Some(bin) => bin.clone(),
             None => std::env::current_exe()?.with_file_name("boxoffice"),
@@ -597,7 +603,11 @@ impl Server {
         anyhow::bail!("the server was not ready within {SERVER_READY_SECONDS_MAX} s")
     }
 
-    fn target(&self) -> Target {
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub(crate) fn target(&self) -> Target {
         Target {
             backend: match self.backend {
                 ServerBackend::Sqlite => "sqlite".into(),
@@ -611,7 +621,7 @@ impl Server {
     }
 
     /// SIGTERM, then a bounded wait for a graceful stop; returns when it stopped.
-    async fn stop(&mut self) -> anyhow::Result<DateTime<Utc>> {
+    pub(crate) async fn stop(&mut self) -> anyhow::Result<DateTime<Utc>> {
         if let Some(pid) = self.child.id() {
             let _ = tokio::process::Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
@@ -636,7 +646,7 @@ impl Server {
         Ok(stopped_at)
     }
 
-    async fn cleanup(&self, keep: bool) {
+    pub(crate) async fn cleanup(&self, keep: bool) {
         if keep {
             eprintln!(
                 "kept: data directory {}, store {}",
@@ -1174,7 +1184,11 @@ async fn session(ctx: &Ctx, rng: &mut StdRng, buyer: &Buyer) {
     }
 }
 
-async fn run(args: &OnsaleArgs, target: &Target) -> anyhow::Result<OnsaleReport> {
+async fn run(
+    args: &OnsaleArgs,
+    target: &Target,
+    server_pid: Option<u32>,
+) -> anyhow::Result<OnsaleReport> {
     let concurrency = match args.rate {
         Some(_) => None,
         None => Some(args.concurrency.unwrap_or(CONCURRENCY_DEFAULT)),
@@ -1218,6 +1232,7 @@ async fn run(args: &OnsaleArgs, target: &Target) -> anyhow::Result<OnsaleReport>
     let until_sold_out = args.seconds.is_none();
     let bar = progress_bar(args.seconds);
     let started = Instant::now();
+    let cpu_before = CpuSample::take(server_pid);
     let sold_out = Arc::new(Mutex::new(None::<(f64, u64)>));
     let monitor = tokio::spawn(monitor(
         Arc::clone(&ctx),
@@ -1262,6 +1277,10 @@ async fn run(args: &OnsaleArgs, target: &Target) -> anyhow::Result<OnsaleReport>
     }
     ctx.stop.store(true, Ordering::Relaxed);
     let load_seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_before.until(
+        &CpuSample::take(server_pid),
+        ctx.counters.hold_attempts.load(Ordering::Relaxed),
+    );
     bar.set_message("load over; waiting for the buyers in flight");
     while let Some(done) = tasks.join_next().await {
         done?;
@@ -1340,6 +1359,7 @@ async fn run(args: &OnsaleArgs, target: &Target) -> anyhow::Result<OnsaleReport>
         latency_ms,
         errors: recorder.errors,
         server_errors: c.server_errors.load(Ordering::Relaxed),
+        cpu: Some(cpu),
         audit: None,
     })
 }
@@ -1708,6 +1728,9 @@ fn print(r: &OnsaleReport) {
             "  WARNING: {} server errors (5xx or transport failures)",
             r.server_errors
         );
+    }
+    if let Some(cpu) = &r.cpu {
+        cpu.print("hold attempt");
     }
     match &r.audit {
         Some(a) => {
