@@ -25,7 +25,7 @@ use crate::common::{
     decode_link, decode_metadata, decode_position, decode_stored_position, decode_version,
     expected_version_i64, planned_events, read_limit, require_key, saturating_i64, validate,
 };
-use crate::recent::RecentEvents;
+use crate::recent::{Landing, RecentEvents};
 use crate::{AppendBatch, AppendResult, EventStore, Fence, RecordedEvent, StoreError, StoreResult};
 
 /// The channel every committed append notifies, with its last position as the payload.
@@ -135,7 +135,7 @@ pub struct PgEventStore {
     pool: PgPool,
     chain_key: Option<ChainKey>,
     head: Arc<watch::Sender<u64>>,
-    recent: RecentEvents,
+    recent: Arc<RecentEvents>,
     listener: JoinHandle<()>,
 }
 
@@ -193,7 +193,7 @@ impl PgEventStore {
             pool,
             chain_key,
             head,
-            recent: RecentEvents::default(),
+            recent: Arc::default(),
             listener,
         })
     }
@@ -202,7 +202,7 @@ impl PgEventStore {
         &self,
         batch: &AppendBatch,
         fence: Option<Fence>,
-    ) -> StoreResult<(AppendResult, Vec<Link>)> {
+    ) -> StoreResult<(AppendResult, Vec<Link>, Landing)> {
         let mut stream_ids = Vec::with_capacity(batch.streams.len());
         let mut expected = Vec::with_capacity(batch.streams.len());
         let key = require_key(&self.chain_key)?;
@@ -323,6 +323,9 @@ impl PgEventStore {
             "position {last} is not the last event of the append"
         );
 
+        // Announced before the COMMIT, whose NOTIFY may move the head (and wake readers)
+        // before this task has put the events in memory: readers wait for them there.
+        let landing = self.recent.landing(first as u64, last as u64);
         tx.commit().await.map_err(unavailable)?;
         tracing::debug!(
             events = event_count,
@@ -335,7 +338,7 @@ impl PgEventStore {
             first_position: first as u64,
             last_position: last as u64,
         };
-        Ok((result, links))
+        Ok((result, links, landing))
     }
 
     /// The first stale stream, outside any transaction; used only to name the stream of a
@@ -457,7 +460,7 @@ impl EventStore for PgEventStore {
         fence: Option<Fence>,
     ) -> StoreResult<AppendResult> {
         validate(&batch)?;
-        let (result, links) = bounded(self.append_locked(&batch, fence)).await?;
+        let (result, links, _landing) = bounded(self.append_locked(&batch, fence)).await?;
         self.recent
             .committed(batch, result.first_position, &links, &self.head);
         Ok(result)
@@ -504,7 +507,7 @@ impl EventStore for PgEventStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        if let Some(events) = self.recent.read(after, limit, *self.head.borrow()) {
+        if let Some(events) = self.recent.read_landed(after, limit, &self.head).await {
             return Ok(events);
         }
         let sql = format!("{SELECT_EVENT_COLUMNS} WHERE position > $1 ORDER BY position LIMIT $2");

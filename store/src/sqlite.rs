@@ -262,8 +262,12 @@ impl EventStore for SqliteEventStore {
         let head = Arc::clone(&self.head);
         let recent = Arc::clone(&self.recent);
         let task = tokio::spawn(async move {
-            let (result, links) = append_on_writer(writer, &batch, encoded, key).await?;
+            let mut writer = writer;
+            let (result, links) = append_on_writer(&mut writer, &batch, encoded, key).await?;
+            // Landed before the writer is free, so that appends land in commit order and
+            // a reader woken by a later one never meets this one missing.
             recent.committed(batch, result.first_position, &links, &head);
+            drop(writer);
             Ok(result)
         });
         match task.await {
@@ -316,7 +320,7 @@ impl EventStore for SqliteEventStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        if let Some(events) = self.recent.read(after, limit, *self.head.borrow()) {
+        if let Some(events) = self.recent.read_landed(after, limit, &self.head).await {
             return Ok(events);
         }
         let sql = format!("{SELECT_EVENT_COLUMNS} WHERE position > ?1 ORDER BY position LIMIT ?2");
@@ -494,12 +498,12 @@ impl EncodedBatch {
 /// One append on the writer connection: BEGIN IMMEDIATE, version check, insert, verify,
 /// COMMIT; ROLLBACK on any failure.
 async fn append_on_writer(
-    mut writer: OwnedMutexGuard<Writer>,
+    writer: &mut OwnedMutexGuard<Writer>,
     batch: &AppendBatch,
     encoded: EncodedBatch,
     key: ChainKey,
 ) -> StoreResult<(AppendResult, Vec<Link>)> {
-    let writer = &mut *writer;
+    let writer = &mut **writer;
     rollback_abandoned(writer).await;
     // Marked before BEGIN, so that whatever happens from here on (an error, a panic, a
     // BEGIN that failed half-way) the next use of the writer starts with a rollback.
