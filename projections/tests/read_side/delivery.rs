@@ -2,15 +2,15 @@
 //! an undelivered row surviving a restart of the worker, the email file, and per-user
 //! webhooks.
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use boxoffice_projections::NotifyConfig;
 use boxoffice_projections::db::{self, Param};
+use boxoffice_projections::{DeliveryConfig, NotifyConfig, ReadSide, ReadSideConfig};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
@@ -24,11 +24,15 @@ struct Received {
     signature: String,
     notification_id: String,
     body: Vec<u8>,
+    /// The status it was answered with.
+    status: u16,
 }
 
 /// A local webhook receiver that answers with a settable status.
 struct Receiver {
     status: AtomicU16,
+    /// How long each answer takes.
+    delay_ms: AtomicU64,
     received: Mutex<Vec<Received>>,
 }
 
@@ -50,19 +54,24 @@ async fn receive(
             .unwrap_or_default()
             .to_owned()
     };
+    let delay = receiver.delay_ms.load(Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    let status = receiver.status.load(Ordering::SeqCst);
     receiver.received.lock().unwrap().push(Received {
         path: path.to_owned(),
         signature: header("boxoffice-signature"),
         notification_id: header("boxoffice-notification-id"),
         body: body.to_vec(),
+        status,
     });
-    StatusCode::from_u16(receiver.status.load(Ordering::SeqCst)).unwrap()
+    StatusCode::from_u16(status).unwrap()
 }
 
 /// Starts a receiver on a loopback port; returns it and its base URL.
 async fn start_receiver(status: u16) -> (Arc<Receiver>, String) {
     let receiver = Arc::new(Receiver {
         status: AtomicU16::new(status),
+        delay_ms: AtomicU64::new(0),
         received: Mutex::new(Vec::new()),
     });
     let app = axum::Router::new()
@@ -305,6 +314,89 @@ async fn a_users_own_webhook_is_used_instead_of_the_global_one() {
             None
         );
         read.shutdown().await;
+        env.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_round_slower_than_its_lease_hands_rows_back_and_two_workers_send_each_once() {
+    for env in backends().await {
+        // Refused until every row exists and has failed once, so that the rounds after
+        // take several due rows each.
+        let (receiver, base) = start_receiver(500).await;
+        let notify = NotifyConfig {
+            webhook_url: Some(format!("{base}/hook")),
+            webhook_secret: b"whsec_slow".to_vec(),
+            ..NotifyConfig::default()
+        };
+        // A round may send for 400 - 300 = 100 ms: one 250 ms webhook, then it hands the
+        // rest of its rows back. Were they kept, their 400 ms lease would run out while
+        // the round still sent, and the other worker would send them a second time.
+        let delivery = DeliveryConfig {
+            lease_ms: 400,
+            webhook_timeout_ms: 300,
+            ..fast_delivery()
+        };
+        let start = || {
+            ReadSide::start(
+                Arc::clone(&env.store),
+                env.pool.clone(),
+                ReadSideConfig {
+                    runtime: fast_runtime(),
+                    notify: notify.clone(),
+                    delivery: delivery.clone(),
+                },
+                Arc::new(boxoffice_domain::SystemClock),
+            )
+            .expect("read side starts")
+        };
+        let mut log = Log::new(&env.store);
+        let show = show();
+        let mut head = 0;
+        for seat in ["S-R0-1", "S-R0-2", "S-R0-3", "S-R0-4", "S-R0-5"] {
+            head = log.buy(show, user(), &[seat]).await.position;
+        }
+        let (first, second) = (start(), start());
+        assert!(first.notifications_projector().wait_for(head, WAIT).await);
+        let rows = env
+            .count("SELECT count(*) AS n FROM notification_outbox", &[])
+            .await;
+        assert!(rows >= 5, "{rows} rows on {}", env.backend);
+        eventually("every row refused once", || async {
+            let tried = env
+                .count(
+                    "SELECT count(*) AS n FROM notification_outbox WHERE attempts >= 1",
+                    &[],
+                )
+                .await;
+            (tried == rows).then_some(())
+        })
+        .await;
+        receiver.delay_ms.store(250, Ordering::SeqCst);
+        receiver.status.store(200, Ordering::SeqCst);
+        eventually("every row delivered", || async {
+            let delivered = env
+                .count(
+                    "SELECT count(*) AS n FROM notification_outbox WHERE delivered_at IS NOT NULL",
+                    &[],
+                )
+                .await;
+            (delivered == rows).then_some(())
+        })
+        .await;
+        let mut ids: Vec<String> = receiver
+            .received()
+            .into_iter()
+            .filter(|r| r.status == 200)
+            .map(|r| r.notification_id)
+            .collect();
+        ids.sort();
+        let sent = ids.len();
+        ids.dedup();
+        assert_eq!(sent, ids.len(), "a row was sent twice on {}", env.backend);
+        assert_eq!(sent as i64, rows);
+        first.shutdown().await;
+        second.shutdown().await;
         env.cleanup().await;
     }
 }

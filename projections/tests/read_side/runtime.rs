@@ -72,6 +72,32 @@ impl Projection for Faulty {
     }
 }
 
+/// The orders projection, counting its batches.
+struct Counting {
+    inner: OrdersProjection,
+    batches: AtomicU32,
+}
+
+#[async_trait]
+impl Projection for Counting {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn version(&self) -> u32 {
+        self.inner.version()
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        self.inner.tables()
+    }
+
+    async fn apply(&self, tx: &mut Tx, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        self.inner.apply(tx, events).await
+    }
+}
+
 async fn orders_and_tickets(env: &Env) -> (i64, i64) {
     (
         env.count("SELECT count(*) AS n FROM orders", &[]).await,
@@ -368,6 +394,78 @@ async fn a_database_outage_is_retried_until_the_database_is_back() {
         assert!(read.orders().get(second.order).await.unwrap().is_some());
         assert_eq!(orders_and_tickets(&env).await, (2, 2));
         read.shutdown().await;
+        env.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_caught_up_runner_gathers_appends_for_its_batch_interval_unless_a_reader_waits() {
+    for env in backends().await {
+        let mut log = Log::new(&env.store);
+        let (show, buyer) = (show(), user());
+        let start = |interval_ms| {
+            let counting = Arc::new(Counting {
+                inner: OrdersProjection,
+                batches: AtomicU32::new(0),
+            });
+            let projections = Projections::start(
+                Arc::clone(&env.store),
+                env.pool.clone(),
+                vec![counting.clone() as Arc<dyn Projection>],
+                boxoffice_projections::RuntimeConfig {
+                    batch_events_max: 1_000,
+                    batch_interval_ms_min: interval_ms,
+                    ..fast_runtime()
+                },
+            );
+            (counting, projections)
+        };
+        let applied = |projections: &Projections, position: u64| {
+            projections.get(ORDERS).unwrap().position() >= position
+        };
+
+        // Eight purchases, one commit each, 20 ms apart: within a 400 ms interval they
+        // make two or three batches (one per commit without it), and every order lands.
+        let (counting, projections) = start(400);
+        let mut head = 0;
+        for i in 0..8 {
+            head = log.buy(show, buyer, &[&format!("S-R1-{i}")]).await.position;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eventually("all eight applied", || async {
+            applied(&projections, head).then_some(())
+        })
+        .await;
+        let batches = counting.batches.load(Ordering::SeqCst);
+        assert!(batches <= 3, "{} batches on {}", batches, env.backend);
+        assert_eq!(orders_and_tickets(&env).await, (8, 8), "{}", env.backend);
+        projections.shutdown().await;
+
+        // With a 10 s interval, a purchase (a few appends) right after a batch waits for
+        // it to pass, unless a reader waits for it: then it is applied at once.
+        let (counting, projections) = start(10_000);
+        let orders = projections.get(ORDERS).unwrap().clone();
+        // A first batch, so that the interval runs from now.
+        head = log.buy(show, buyer, &["S-R2-0"]).await.position;
+        assert!(orders.wait_for(head, WAIT).await);
+        for seat in ["S-R2-1", "S-R2-2"] {
+            head = log.buy(show, buyer, &[seat]).await.position;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let batches = counting.batches.load(Ordering::SeqCst);
+            assert!(!applied(&projections, head), "{}", env.backend);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(counting.batches.load(Ordering::SeqCst), batches);
+            let asked = std::time::Instant::now();
+            assert!(orders.wait_for(head, WAIT).await);
+            assert!(
+                asked.elapsed() < Duration::from_secs(2),
+                "{:?} on {}",
+                asked.elapsed(),
+                env.backend
+            );
+        }
+        assert_eq!(orders_and_tickets(&env).await, (11, 11), "{}", env.backend);
+        projections.shutdown().await;
         env.cleanup().await;
     }
 }

@@ -196,6 +196,7 @@ pub fn fast_runtime() -> RuntimeConfig {
         poll_interval_ms: 500,
         retry_backoff_ms_min: 10,
         retry_backoff_ms_max: 100,
+        batch_interval_ms_min: 0,
     }
 }
 
