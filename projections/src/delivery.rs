@@ -271,6 +271,12 @@ enum Failure {
     GiveUp(String),
 }
 
+/// Moves a pending row's due time from `$4` to `$3`: a claim (to the end of its lease)
+/// or a hand-back (to its old time), only if no one moved it since.
+const MOVE_DUE_SQL: &str = "UPDATE notification_outbox SET next_attempt_at = $3
+     WHERE notification_id = $1 AND channel = $2 AND next_attempt_at = $4
+       AND delivered_at IS NULL AND failed_at IS NULL";
+
 /// Rows not yet delivered nor given up, whose notification exists. (After a projection
 /// reset a row may wait for its notification to be rebuilt.)
 const PENDING: &str = "FROM notification_outbox o JOIN notifications n ON n.id = o.notification_id
@@ -462,9 +468,7 @@ impl Worker {
         for due in due {
             let rows = tx
                 .execute(
-                    "UPDATE notification_outbox SET next_attempt_at = $3
-                     WHERE notification_id = $1 AND channel = $2 AND next_attempt_at = $4
-                       AND delivered_at IS NULL AND failed_at IS NULL",
+                    MOVE_DUE_SQL,
                     &[
                         due.notification_id.clone().into(),
                         due.channel.clone().into(),
@@ -499,9 +503,7 @@ impl Worker {
         }
         for due in handed_back {
             tx.execute(
-                "UPDATE notification_outbox SET next_attempt_at = $3
-                 WHERE notification_id = $1 AND channel = $2 AND next_attempt_at = $4
-                   AND delivered_at IS NULL AND failed_at IS NULL",
+                MOVE_DUE_SQL,
                 &[
                     due.notification_id.into(),
                     due.channel.into(),

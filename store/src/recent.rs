@@ -11,9 +11,10 @@
 //! yet. On PostgreSQL the NOTIFY of a commit often reaches the head (and wakes the
 //! readers) before the appending task has put its events here, and two appends finishing
 //! at once land in either order; a reader that meets such an append waits for it to land
-//! (`LANDING_WAIT_MS_MAX` at most) rather than read and decode it from the database. Events enter only once their append has committed, so
-//! a cached event is always one the database holds, with the same position, and the
-//! database's commit order is position order on both backends.
+//! (`LANDING_WAIT_MS_MAX` at most) rather than read and decode it from the database.
+//! Events enter only once their append has committed, so a cached event is always one the
+//! database holds, with the same position, and the database's commit order is position
+//! order on both backends.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -136,11 +137,6 @@ impl RecentEvents {
         let Some(first) = events.first().map(|e| e.position) else {
             return;
         };
-        self.put(first, events);
-        self.landed.notify_waiters();
-    }
-
-    fn put(&self, first: u64, events: Vec<RecordedEvent>) {
         debug_assert!(
             events
                 .windows(2)
@@ -159,6 +155,8 @@ impl RecentEvents {
             };
             batches.events -= oldest.len();
         }
+        drop(batches);
+        self.landed.notify_waiters();
     }
 
     /// The events after `after`, at most `limit`, if every one of them up to the limit or
@@ -216,21 +214,18 @@ impl RecentEvents {
                     Lookup::Missing
                 }
             };
+            // The batch holding `after + 1`, then each one starting where the last ended.
+            // (`insert` keeps no empty batch.)
             let mut next = after + 1;
-            let first = batches.by_first.range(..=next).next_back();
-            let Some((_, first)) =
-                first.filter(|(_, b)| b.last().is_some_and(|e| e.position >= next))
-            else {
-                return missing(next);
-            };
-            pieces.push(Arc::clone(first));
-            next = first.last().map_or(next, |e| e.position + 1);
+            let mut batch = batches.by_first.range(..=next).next_back().map(|(_, b)| b);
             while next <= wanted_end {
-                let Some(batch) = batches.by_first.get(&next) else {
+                let Some(held) = batch.filter(|b| b.last().is_some_and(|e| e.position >= next))
+                else {
                     return missing(next);
                 };
-                pieces.push(Arc::clone(batch));
-                next = batch.last().map_or(next, |e| e.position + 1);
+                pieces.push(Arc::clone(held));
+                next = held.last().map_or(next, |e| e.position) + 1;
+                batch = batches.by_first.get(&next);
             }
         }
         let newer = pieces.iter().flat_map(|piece| piece.iter());

@@ -362,28 +362,20 @@ async fn a_round_slower_than_its_lease_hands_rows_back_and_two_workers_send_each
             .count("SELECT count(*) AS n FROM notification_outbox", &[])
             .await;
         assert!(rows >= 5, "{rows} rows on {}", env.backend);
-        eventually("every row refused once", || async {
-            let tried = env
-                .count(
-                    "SELECT count(*) AS n FROM notification_outbox WHERE attempts >= 1",
-                    &[],
-                )
-                .await;
-            (tried == rows).then_some(())
-        })
-        .await;
+        let all_rows = |what: &'static str, condition: &'static str| {
+            let sql = format!("SELECT count(*) AS n FROM notification_outbox WHERE {condition}");
+            let env = &env;
+            async move {
+                eventually(what, || async {
+                    (env.count(&sql, &[]).await == rows).then_some(())
+                })
+                .await
+            }
+        };
+        all_rows("every row refused once", "attempts >= 1").await;
         receiver.delay_ms.store(250, Ordering::SeqCst);
         receiver.status.store(200, Ordering::SeqCst);
-        eventually("every row delivered", || async {
-            let delivered = env
-                .count(
-                    "SELECT count(*) AS n FROM notification_outbox WHERE delivered_at IS NOT NULL",
-                    &[],
-                )
-                .await;
-            (delivered == rows).then_some(())
-        })
-        .await;
+        all_rows("every row delivered", "delivered_at IS NOT NULL").await;
         let mut ids: Vec<String> = receiver
             .received()
             .into_iter()
