@@ -15,7 +15,8 @@
 //! Channels:
 //! - `email_file`: one JSON line per notification appended to a file, as an email would
 //!   be sent: `{id, to, subject, text, kind, user_id, created_at, data}`, `to` from the
-//!   `users` table. The file is synced before the row is marked delivered.
+//!   `users` table. A round's lines are appended with one write, and the file is synced
+//!   before their rows are marked delivered.
 //! - `webhook`: `POST` of `{id, type, created_at, user_id, data}` as JSON to the user's
 //!   own webhook (`notification_webhooks`) or else the configured URL, signed like the
 //!   payment provider's webhooks:
@@ -419,14 +420,30 @@ impl Worker {
         let sending_ms = self.config.lease_ms - self.config.webhook_timeout_ms;
         let mut sent = Vec::with_capacity(claimed.len());
         let mut handed_back = Vec::new();
+        let mut emails = Vec::new();
         for due in claimed {
             if claimed_at.elapsed() >= Duration::from_millis(sending_ms) {
                 handed_back.push(due);
                 continue;
             }
-            let outcome = self.deliver(&due).await;
+            let outcome = match Channel::parse(&due.channel) {
+                // Emails go a round at a time, after the loop.
+                Some(Channel::EmailFile) => {
+                    emails.push(due);
+                    continue;
+                }
+                Some(Channel::Webhook) => self.send_webhook(&due).await,
+                None => Err(Failure::GiveUp(format!("unknown channel {}", due.channel))),
+            };
             sent.push((due, outcome, self.clock.now()));
         }
+        let emailed = self.send_emails(emails).await;
+        let now = self.clock.now();
+        sent.extend(
+            emailed
+                .into_iter()
+                .map(|(due, outcome)| (due, outcome, now)),
+        );
         self.record(sent, handed_back, lease_until).await
     }
 
@@ -578,61 +595,94 @@ impl Worker {
         (sql, params)
     }
 
-    async fn deliver(&self, due: &Due) -> Result<(), Failure> {
+    /// Sends a round's emails: their recipients' addresses read with one query, their
+    /// lines appended to the file with one write and synced once, so a round costs one
+    /// query and one `fsync` however many emails it holds (one of each per email had made
+    /// the worker fall behind an on-sale's expiring holds). A failure of either retries
+    /// every email of the round; a user without an address, or a notification of an
+    /// unknown kind, is given up alone.
+    async fn send_emails(&self, emails: Vec<Due>) -> Vec<(Due, Result<(), Failure>)> {
+        if emails.is_empty() {
+            return Vec::new();
+        }
+        let Some(path) = &self.notify.email_file else {
+            let off = || Failure::GiveUp("the email_file channel is not configured".into());
+            return emails.into_iter().map(|due| (due, Err(off()))).collect();
+        };
+        let mut users: Vec<&str> = emails.iter().map(|due| due.user_id.as_str()).collect();
+        users.sort_unstable();
+        users.dedup();
+        let sql = format!(
+            "SELECT user_id, email FROM users WHERE user_id IN ({})",
+            db::placeholders_for(db::backend_of(&self.pool), 1, users.len())
+        );
+        let params: Vec<Param> = users.iter().map(|&user| user.into()).collect();
+        let addresses: Result<std::collections::HashMap<String, String>, sqlx::Error> =
+            match db::fetch_all(&self.pool, &sql, &params).await {
+                Ok(rows) => rows
+                    .iter()
+                    .map(|row| Ok((row.text("user_id")?, row.text("email")?)))
+                    .collect(),
+                Err(e) => Err(e),
+            };
+        let addresses = match addresses {
+            Ok(addresses) => addresses,
+            Err(e) => {
+                let failed = || Failure::Retry(format!("users table: {e}"));
+                return emails.into_iter().map(|due| (due, Err(failed()))).collect();
+            }
+        };
+        let mut lines = Vec::new();
+        let mut outcomes = Vec::with_capacity(emails.len());
+        let mut written = Vec::with_capacity(emails.len());
+        for due in emails {
+            let Some(kind) = NotificationKind::parse(&due.kind) else {
+                let unknown = format!("unknown notification kind {}", due.kind);
+                outcomes.push((due, Err(Failure::GiveUp(unknown))));
+                continue;
+            };
+            let Some(to) = addresses.get(&due.user_id) else {
+                let none = format!("user {} has no email address on file", due.user_id);
+                outcomes.push((due, Err(Failure::GiveUp(none))));
+                continue;
+            };
+            let (subject, text) = email_text(kind, &due.data);
+            serde_json::to_writer(
+                &mut lines,
+                &json!({
+                    "id": due.notification_id,
+                    "to": to,
+                    "subject": subject,
+                    "text": text,
+                    "kind": kind,
+                    "user_id": due.user_id,
+                    "created_at": due.created_at,
+                    "data": due.data,
+                }),
+            )
+            .expect("JSON values serialize");
+            lines.push(b'\n');
+            written.push(due);
+        }
+        if !written.is_empty() {
+            let appended = append_lines(path, &lines)
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()));
+            outcomes.extend(written.into_iter().map(|due| {
+                let outcome = appended.clone().map_err(Failure::Retry);
+                (due, outcome)
+            }));
+        }
+        outcomes
+    }
+
+    async fn send_webhook(&self, due: &Due) -> Result<(), Failure> {
         let Some(kind) = NotificationKind::parse(&due.kind) else {
             return Err(Failure::GiveUp(format!(
                 "unknown notification kind {}",
                 due.kind
             )));
         };
-        match Channel::parse(&due.channel) {
-            Some(Channel::EmailFile) => self.send_email(due, kind).await,
-            Some(Channel::Webhook) => self.send_webhook(due, kind).await,
-            None => Err(Failure::GiveUp(format!("unknown channel {}", due.channel))),
-        }
-    }
-
-    async fn send_email(&self, due: &Due, kind: NotificationKind) -> Result<(), Failure> {
-        let Some(path) = &self.notify.email_file else {
-            return Err(Failure::GiveUp(
-                "the email_file channel is not configured".into(),
-            ));
-        };
-        let row = db::fetch_optional(
-            &self.pool,
-            "SELECT email FROM users WHERE user_id = $1",
-            &[due.user_id.clone().into()],
-        )
-        .await
-        .map_err(|e| Failure::Retry(format!("users table: {e}")))?;
-        let Some(row) = row else {
-            return Err(Failure::GiveUp(format!(
-                "user {} has no email address on file",
-                due.user_id
-            )));
-        };
-        let to = row
-            .text("email")
-            .map_err(|e| Failure::Retry(format!("users table: {e}")))?;
-        let (subject, text) = email_text(kind, &due.data);
-        let mut line = serde_json::to_vec(&json!({
-            "id": due.notification_id,
-            "to": to,
-            "subject": subject,
-            "text": text,
-            "kind": kind,
-            "user_id": due.user_id,
-            "created_at": due.created_at,
-            "data": due.data,
-        }))
-        .expect("JSON values serialize");
-        line.push(b'\n');
-        append_line(path, &line)
-            .await
-            .map_err(|e| Failure::Retry(format!("{}: {e}", path.display())))
-    }
-
-    async fn send_webhook(&self, due: &Due, kind: NotificationKind) -> Result<(), Failure> {
         let own = user_webhook(&self.pool, &due.user_id)
             .await
             .map_err(|e| Failure::Retry(format!("notification_webhooks table: {e}")))?;
@@ -861,7 +911,7 @@ fn truncate(mut text: String) -> String {
 
 /// Appends one line and syncs it, so a row is never marked delivered for a line that a
 /// crash could still lose.
-async fn append_line(path: &std::path::Path, line: &[u8]) -> std::io::Result<()> {
+async fn append_lines(path: &std::path::Path, lines: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         tokio::fs::create_dir_all(dir).await?;
     }
@@ -870,8 +920,9 @@ async fn append_line(path: &std::path::Path, line: &[u8]) -> std::io::Result<()>
         .append(true)
         .open(path)
         .await?;
-    // One write of the whole line: O_APPEND keeps concurrent writers' lines whole.
-    file.write_all(line).await?;
+    // One write of all the lines: O_APPEND keeps concurrent writers' lines whole (a
+    // regular file takes a whole write at once).
+    file.write_all(lines).await?;
     file.sync_data().await
 }
 

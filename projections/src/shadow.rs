@@ -131,10 +131,11 @@ fn temp_schema(backend: Backend) -> &'static str {
 }
 
 /// A table's or index's DDL, as SQLite keeps it in `sqlite_master`, rewritten to create the
-/// same object in the `temp` schema; `None` for anything else (a trigger, a view, DDL of an
-/// unexpected shape). SQLite stores the DDL with its first keywords normalized
-/// (`CREATE TABLE name …`, no `IF NOT EXISTS`), which is all this relies on.
-fn sqlite_temp_ddl(kind: &str, sql: &str) -> Option<String> {
+/// same object in the schema `schema` (`temp` or `main`); `None` for anything else (a
+/// trigger, a view, DDL of an unexpected shape). SQLite stores the DDL with its first
+/// keywords normalized (`CREATE TABLE name …`, no `IF NOT EXISTS`, no schema), which is
+/// all this relies on, and stores it that way again whatever schema the DDL names.
+fn sqlite_ddl_in(schema: &str, kind: &str, sql: &str) -> Option<String> {
     fn strip_keyword<'a>(text: &'a str, keyword: &str) -> Option<&'a str> {
         let text = text.trim_start();
         let head = text.get(..keyword.len())?;
@@ -146,7 +147,7 @@ fn sqlite_temp_ddl(kind: &str, sql: &str) -> Option<String> {
     match kind {
         "table" => {
             let rest = strip_keyword(rest, "TABLE")?;
-            Some(format!("CREATE TEMP TABLE {rest}"))
+            Some(format!("CREATE TABLE {schema}.{rest}"))
         }
         "index" => {
             let (unique, rest) = match strip_keyword(rest, "UNIQUE") {
@@ -154,7 +155,7 @@ fn sqlite_temp_ddl(kind: &str, sql: &str) -> Option<String> {
                 None => ("", rest),
             };
             let rest = strip_keyword(rest, "INDEX")?;
-            Some(format!("CREATE {unique}INDEX temp.{rest}"))
+            Some(format!("CREATE {unique}INDEX {schema}.{rest}"))
         }
         _ => None,
     }
@@ -356,7 +357,38 @@ impl Shadow {
     /// copy's (in `copies`, the schema that holds them). Parents are refilled before
     /// children, after children were emptied first, so foreign keys between the tables hold
     /// at every statement.
+    ///
+    /// On SQLite the real tables' own indexes (those made by `CREATE INDEX`, not the
+    /// primary keys and UNIQUE constraints) are dropped first and made again, with their
+    /// stored DDL, once the rows are in: in the same transaction, so readers see the old
+    /// tables and indexes until the commit and the schema ends up as it was. Building an
+    /// index from a million sorted rows is several times faster than keeping it up to date
+    /// row by row, in the log's order, which scatters the inserts over an index on
+    /// `stream_id` (`audit_log`'s swap took 4.9 s of its 10.1 s rebuild that way).
     async fn copy_into_place(&self, tx: &mut Tx, copies: &str) -> Result<(), sqlx::Error> {
+        let mut indexes = Vec::new();
+        if tx.backend() == Backend::Sqlite {
+            for table in self.tables {
+                for index in tx
+                    .fetch_all(
+                        "SELECT name, sql FROM main.sqlite_master
+                         WHERE type = 'index' AND tbl_name = $1 AND sql IS NOT NULL
+                         ORDER BY name",
+                        &[(*table).into()],
+                    )
+                    .await?
+                {
+                    let (name, sql) = (index.text("name")?, index.text("sql")?);
+                    // Unqualified, the DDL would find the session's TEMP copy first.
+                    let ddl = sqlite_ddl_in("main", "index", &sql).ok_or_else(|| {
+                        sqlx::Error::Protocol(format!("the DDL of the index {name}: {sql}"))
+                    })?;
+                    tx.execute(&format!("DROP INDEX main.{}", schema::quote(&name)), &[])
+                        .await?;
+                    indexes.push(ddl);
+                }
+            }
+        }
         for home in &self.homes {
             tx.execute(&format!("DELETE FROM {home}"), &[]).await?;
         }
@@ -366,6 +398,9 @@ impl Shadow {
                 &[],
             )
             .await?;
+        }
+        for ddl in &indexes {
+            tx.execute(ddl, &[]).await?;
         }
         Ok(())
     }
@@ -507,7 +542,7 @@ async fn create_sqlite(session: &Session, table: &str) -> Result<String, Project
             object.text("name")?,
             object.text("sql")?,
         );
-        let ddl = sqlite_temp_ddl(&kind, &sql).ok_or_else(|| {
+        let ddl = sqlite_ddl_in("temp", &kind, &sql).ok_or_else(|| {
             ProjectionError::Failed(format!(
                 "cannot shadow the {kind} {name} of {table}: only tables and indexes are copied"
             ))
@@ -530,9 +565,14 @@ mod tests {
 
     #[test]
     fn sqlite_ddl_is_moved_to_the_temp_schema() {
+        let sqlite_temp_ddl = |kind, sql| sqlite_ddl_in("temp", kind, sql);
         assert_eq!(
             sqlite_temp_ddl("table", "CREATE TABLE orders (id TEXT PRIMARY KEY) STRICT").unwrap(),
-            "CREATE TEMP TABLE orders (id TEXT PRIMARY KEY) STRICT"
+            "CREATE TABLE temp.orders (id TEXT PRIMARY KEY) STRICT"
+        );
+        assert_eq!(
+            sqlite_ddl_in("main", "index", "CREATE INDEX orders_idx ON orders (id)").unwrap(),
+            "CREATE INDEX main.orders_idx ON orders (id)"
         );
         assert_eq!(
             sqlite_temp_ddl("index", "CREATE INDEX orders_idx ON orders (position, id)").unwrap(),

@@ -6,11 +6,12 @@
 //!
 //! Every keyed POST claims its key before it is handled and stores its response after,
 //! two writes on the request path. They are group-committed: a writer task (one of a
-//! few) takes the claims, completions and releases that are waiting, applies them one
-//! after the other in one transaction and answers them all when it commits (the event appends are
-//! batched the same way). One commit for a whole batch instead of one per write took the
-//! on-sale benchmark past the four connections and SQLite's single writer, which had
-//! capped keyed POSTs at about 900 per second (`docs/adr/0012-batched-idempotency-keys.md`).
+//! few) takes the claims, completions and releases that are waiting, applies them in one
+//! transaction and answers them all when it commits (the event appends are batched the
+//! same way). One commit for a whole batch instead of one per write took the on-sale
+//! benchmark past the four connections and SQLite's single writer, which had capped keyed
+//! POSTs at about 900 per second (`docs/adr/0012-batched-idempotency-keys.md`). On
+//! PostgreSQL a batch's writes of a kind go in one statement each (ADR 0018).
 
 use std::sync::Arc;
 
@@ -241,8 +242,9 @@ async fn write(pool: TablePool, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Que
         if batch.is_empty() {
             continue;
         }
-        // In key order, so that two writers (of this process or another) lock rows in the
-        // same order and never deadlock; writes to one key keep their arrival order (a stable sort).
+        // In key order, so that writers (of this process or another) applying writes one
+        // at a time lock rows in the same order and never deadlock (set-based rounds can,
+        // see `apply`); writes to one key keep their arrival order (a stable sort).
         batch.sort_by(|a: &Queued, b: &Queued| a.op.key().cmp(&b.op.key()));
         let started = std::time::Instant::now();
         let applied = apply(&pool, &batch).await;
@@ -262,8 +264,9 @@ async fn write(pool: TablePool, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Que
                 }
             }
             // The statements cannot fail on what one write holds (conflicts are part of
-            // them): a failure is the database's (gone, or SQLite's write lock not free
-            // within the busy timeout), and every write of the batch answers with it, so
+            // them, and a deadlock was retried one write at a time): a failure is the
+            // database's (gone, SQLite's write lock not free within the busy timeout, or a
+            // second deadlock), and every write of the batch answers with it, so
             // that its request is refused 503 at once instead of waiting out another
             // busy timeout per write.
             Err(e) => {
@@ -278,52 +281,175 @@ async fn write(pool: TablePool, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Que
 }
 
 /// Applies the writes of `batch` in order in one transaction; their answers, in the same
-/// order.
+/// order. On PostgreSQL the writes go in rounds of set-based statements ([`apply_rounds`]);
+/// on SQLite, in the process, one statement per write costs no round trip.
+///
+/// Rounds lock rows round by round, not in key order, so two writers can deadlock: one
+/// completes key `a` in its first round and claims `b` again in its second, while the
+/// other did the same the other way round. PostgreSQL then aborts one of them (after
+/// `deadlock_timeout`), and that batch is applied again one write at a time in key order,
+/// as before set-based rounds, which takes locks in the order every one-by-one writer
+/// does.
 async fn apply(pool: &TablePool, batch: &[Queued]) -> Result<Vec<Option<Claim>>, sqlx::Error> {
-    let mut tx = Tx::begin(pool).await?;
-    let mut answers = Vec::with_capacity(batch.len());
-    for op in batch.iter().map(|queued| &queued.op) {
-        answers.push(match op {
-            Op::Claim {
-                user,
-                key,
-                fingerprint,
-                now,
-                abandoned_after,
-                expire_after,
-            } => Some(
-                claim(
-                    &mut tx,
-                    user,
-                    key,
-                    fingerprint,
-                    *now,
-                    *abandoned_after,
-                    *expire_after,
-                )
-                .await?,
-            ),
-            Op::Complete {
-                user,
-                key,
-                status,
-                body,
-                location,
-            } => {
-                tx.complete(user, key, *status, body, location.as_deref())
-                    .await?;
-                None
-            }
-            Op::Release { user, key } => {
-                tx.release(user, key).await?;
-                None
-            }
-        });
+    match apply_in(pool, batch, true).await {
+        Err(e) if is_deadlock(&e) => {
+            tracing::warn!(
+                writes = batch.len(),
+                "idempotency-key batch deadlocked with another writer; applying it again one write at a time"
+            );
+            apply_in(pool, batch, false).await
+        }
+        applied => applied,
     }
+}
+
+/// A deadlock PostgreSQL broke by aborting this transaction.
+fn is_deadlock(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "40P01")
+}
+
+/// [`apply`] in one transaction, in rounds where the backend is PostgreSQL and `rounds`
+/// is set, else one write after the other.
+async fn apply_in(
+    pool: &TablePool,
+    batch: &[Queued],
+    rounds: bool,
+) -> Result<Vec<Option<Claim>>, sqlx::Error> {
+    let mut tx = Tx::begin(pool).await?;
+    let answers = match &tx {
+        Tx::Postgres(_) if rounds => apply_rounds(&mut tx, batch).await?,
+        _ => {
+            let mut answers = Vec::with_capacity(batch.len());
+            for op in batch.iter().map(|queued| &queued.op) {
+                answers.push(apply_one(&mut tx, op).await?);
+            }
+            answers
+        }
+    };
     tx.commit().await?;
     Ok(answers)
 }
 
+/// One write, on its own: what the set-based rounds fall back to for a claim that meets a
+/// stale key, and every write on SQLite.
+async fn apply_one(tx: &mut Tx, op: &Op) -> Result<Option<Claim>, sqlx::Error> {
+    Ok(match op {
+        Op::Claim {
+            user,
+            key,
+            fingerprint,
+            now,
+            abandoned_after,
+            expire_after,
+        } => Some(
+            claim(
+                tx,
+                user,
+                key,
+                fingerprint,
+                *now,
+                *abandoned_after,
+                *expire_after,
+            )
+            .await?,
+        ),
+        Op::Complete {
+            user,
+            key,
+            status,
+            body,
+            location,
+        } => {
+            tx.complete(user, key, *status, body, location.as_deref())
+                .await?;
+            None
+        }
+        Op::Release { user, key } => {
+            tx.release(user, key).await?;
+            None
+        }
+    })
+}
+
+/// The writes of a batch sorted by key (writes to one key next to each other, in arrival
+/// order) split into rounds in which each key has one write at most: round `i` holds
+/// every key's `i`-th write. Applying the rounds one after the other applies each key's
+/// writes in order, and the writes of one round can go in one statement per kind.
+fn rounds(keys: &[(&str, &str)]) -> Vec<Vec<usize>> {
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    let mut nth = 0;
+    for (i, key) in keys.iter().enumerate() {
+        nth = if i > 0 && keys[i - 1] == *key {
+            nth + 1
+        } else {
+            0
+        };
+        if rounds.len() == nth {
+            rounds.push(Vec::new());
+        }
+        rounds[nth].push(i);
+    }
+    rounds
+}
+
+/// Applies `batch` (sorted by key) on PostgreSQL round by round ([`rounds`]), each round
+/// with a few statements whatever its size: its claims are inserted with one statement and
+/// the keys that were taken read back with one more; its completions are one UPDATE and its
+/// releases one DELETE (a kind with a single write in the round uses the single-row
+/// statements). One statement per write had made this writer an eighth of the
+/// server's CPU at an on-sale, in round trips and their bookkeeping. A claim that meets a
+/// key gone stale (expired, abandoned, or deleted between the two statements) is settled
+/// on its own, as on SQLite.
+async fn apply_rounds(tx: &mut Tx, batch: &[Queued]) -> Result<Vec<Option<Claim>>, sqlx::Error> {
+    let keys: Vec<(&str, &str)> = batch.iter().map(|queued| queued.op.key()).collect();
+    let mut answers = vec![None; batch.len()];
+    let mut custom = false;
+    for round in rounds(&keys) {
+        let (mut claims, mut completes, mut releases) = (Vec::new(), Vec::new(), Vec::new());
+        for i in round {
+            match &batch[i].op {
+                Op::Claim { .. } => claims.push(i),
+                Op::Complete { .. } => completes.push(i),
+                Op::Release { .. } => releases.push(i),
+            }
+        }
+        for kind in [claims, completes, releases] {
+            // One write of a kind goes as it does on SQLite: the single-row statements
+            // plan as cheaply as they run.
+            if let [i] = kind[..] {
+                answers[i] = apply_one(tx, &batch[i].op).await?;
+                continue;
+            }
+            if kind.is_empty() {
+                continue;
+            }
+            if !custom {
+                // These statements look keys up by the primary key. A generic plan of a
+                // join with `unnest` is costed for ten rows and the table's size when it
+                // was made: made while the table was small, it scans the table whole, and
+                // PostgreSQL keeps it as the table grows (an on-sale's hold p50 doubled
+                // within 20 s). A custom plan, made for each execution (about 60 µs,
+                // measured), knows both.
+                sqlx::query("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)")
+                    .execute(&mut **tx.pg())
+                    .await?;
+                custom = true;
+            }
+            match &batch[kind[0]].op {
+                Op::Claim { .. } => {
+                    for i in claim_round(tx.pg(), batch, &kind, &mut answers).await? {
+                        answers[i] = apply_one(tx, &batch[i].op).await?;
+                    }
+                }
+                Op::Complete { .. } => complete_round(tx.pg(), batch, &kind).await?,
+                Op::Release { .. } => release_round(tx.pg(), batch, &kind).await?,
+            }
+        }
+    }
+    Ok(answers)
+}
 async fn claim(
     tx: &mut Tx,
     user: &str,
@@ -341,25 +467,200 @@ async fn claim(
         let Some(row) = tx.get(user, key).await? else {
             continue;
         };
-        let expired = row.created_at < now - expire_after;
-        let abandoned = row.status.is_none() && row.created_at < now - abandoned_after;
-        if expired || abandoned {
-            tx.forget_if_created(user, key, row.created_at).await?;
-            continue;
+        let created_at = row.created_at;
+        match judge(row, fingerprint, now, abandoned_after, expire_after) {
+            Some(found) => return Ok(found),
+            None => tx.forget_if_created(user, key, created_at).await?,
         }
-        if row.fingerprint != fingerprint {
-            return Ok(Claim::Mismatch);
-        }
-        return Ok(match row.status {
-            None => Claim::InFlight,
-            Some(status) => Claim::Replay {
-                status: u16::try_from(status).unwrap_or(500),
-                body: row.body.unwrap_or_default(),
-                location: row.location,
-            },
-        });
     }
     Ok(Claim::InFlight)
+}
+
+/// What a claim finds in the key `row` someone else stored; `None` if that key is stale
+/// (expired, or a claim abandoned unanswered) and is to be forgotten and claimed anew.
+fn judge(
+    row: Row_,
+    fingerprint: &str,
+    now: DateTime<Utc>,
+    abandoned_after: Duration,
+    expire_after: Duration,
+) -> Option<Claim> {
+    let expired = row.created_at < now - expire_after;
+    let abandoned = row.status.is_none() && row.created_at < now - abandoned_after;
+    if expired || abandoned {
+        return None;
+    }
+    if row.fingerprint != fingerprint {
+        return Some(Claim::Mismatch);
+    }
+    Some(match row.status {
+        None => Claim::InFlight,
+        Some(status) => Claim::Replay {
+            status: u16::try_from(status).unwrap_or(500),
+            body: row.body.unwrap_or_default(),
+            location: row.location,
+        },
+    })
+}
+
+/// The claims of one round (`claims`, indices into `batch`, each for another key): inserts
+/// them all, then reads the keys that were already taken and answers each claim in
+/// `answers`. Returns the claims left to settle one by one: those whose key is stale, or
+/// was deleted between the two statements.
+async fn claim_round(
+    pg: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    batch: &[Queued],
+    claims: &[usize],
+    answers: &mut [Option<Claim>],
+) -> Result<Vec<usize>, sqlx::Error> {
+    let (users, keys) = key_columns(batch, claims);
+    let (fingerprints, times): (Vec<&str>, Vec<DateTime<Utc>>) = claims
+        .iter()
+        .map(|&i| match &batch[i].op {
+            Op::Claim {
+                fingerprint, now, ..
+            } => (fingerprint.as_str(), *now),
+            _ => unreachable!("claims holds claims"),
+        })
+        .unzip();
+    // In key order (the batch's), as the rows are locked.
+    let inserted: std::collections::HashSet<(String, String)> = sqlx::query_as(
+        "INSERT INTO idempotency_keys (user_id, key, fingerprint, created_at)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+         ON CONFLICT (user_id, key) DO NOTHING
+         RETURNING user_id, key",
+    )
+    .bind(&users)
+    .bind(&keys)
+    .bind(&fingerprints)
+    .bind(&times)
+    .fetch_all(&mut **pg)
+    .await?
+    .into_iter()
+    .collect();
+    let mut taken = Vec::new();
+    for &i in claims {
+        let (user, key) = batch[i].op.key();
+        if inserted.contains(&(user.to_owned(), key.to_owned())) {
+            answers[i] = Some(Claim::Started);
+        } else {
+            taken.push(i);
+        }
+    }
+    if taken.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (users, keys) = key_columns(batch, &taken);
+    let mut rows: std::collections::HashMap<(String, String), Row_> = sqlx::query(
+        "SELECT k.user_id, k.key, k.fingerprint, k.status, k.response_body, k.location,
+                k.created_at
+         FROM unnest($1::text[], $2::text[]) AS t (user_id, key)
+         JOIN idempotency_keys k ON k.user_id = t.user_id AND k.key = t.key",
+    )
+    .bind(&users)
+    .bind(&keys)
+    .fetch_all(&mut **pg)
+    .await?
+    .into_iter()
+    .map(|r| {
+        Ok((
+            (r.try_get("user_id")?, r.try_get("key")?),
+            Row_ {
+                fingerprint: r.try_get("fingerprint")?,
+                status: r.try_get::<Option<i32>, _>("status")?.map(i64::from),
+                body: r.try_get("response_body")?,
+                location: r.try_get("location")?,
+                created_at: r.try_get("created_at")?,
+            },
+        ))
+    })
+    .collect::<Result<_, sqlx::Error>>()?;
+    let mut stale = Vec::new();
+    for i in taken {
+        let Op::Claim {
+            user,
+            key,
+            fingerprint,
+            now,
+            abandoned_after,
+            expire_after,
+        } = &batch[i].op
+        else {
+            unreachable!("claims holds claims")
+        };
+        let found = rows
+            .remove(&(user.clone(), key.clone()))
+            .and_then(|row| judge(row, fingerprint, *now, *abandoned_after, *expire_after));
+        match found {
+            Some(found) => answers[i] = Some(found),
+            None => stale.push(i),
+        }
+    }
+    Ok(stale)
+}
+
+/// The users and keys of the writes `indices` of `batch`, as the two array columns the
+/// set-based statements take.
+fn key_columns<'a>(batch: &'a [Queued], indices: &[usize]) -> (Vec<&'a str>, Vec<&'a str>) {
+    indices.iter().map(|&i| batch[i].op.key()).unzip()
+}
+
+/// The completions of one round, each for another key, in one UPDATE.
+async fn complete_round(
+    pg: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    batch: &[Queued],
+    completes: &[usize],
+) -> Result<(), sqlx::Error> {
+    let (users, keys) = key_columns(batch, completes);
+    let (mut statuses, mut bodies, mut locations) = (Vec::new(), Vec::new(), Vec::new());
+    for &i in completes {
+        let Op::Complete {
+            status,
+            body,
+            location,
+            ..
+        } = &batch[i].op
+        else {
+            unreachable!("completes holds completions")
+        };
+        statuses.push(*status);
+        bodies.push(body.as_slice());
+        locations.push(location.as_deref());
+    }
+    sqlx::query(
+        "UPDATE idempotency_keys k
+         SET status = t.status, response_body = t.body, location = t.location
+         FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[], $5::text[])
+              AS t (user_id, key, status, body, location)
+         WHERE k.user_id = t.user_id AND k.key = t.key",
+    )
+    .bind(&users)
+    .bind(&keys)
+    .bind(&statuses)
+    .bind(&bodies)
+    .bind(&locations)
+    .execute(&mut **pg)
+    .await
+    .map(drop)
+}
+
+/// The releases of one round, each for another key, in one DELETE.
+async fn release_round(
+    pg: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    batch: &[Queued],
+    releases: &[usize],
+) -> Result<(), sqlx::Error> {
+    let (users, keys) = key_columns(batch, releases);
+    sqlx::query(
+        "DELETE FROM idempotency_keys k
+         USING unnest($1::text[], $2::text[]) AS t (user_id, key)
+         WHERE k.user_id = t.user_id AND k.key = t.key AND k.status IS NULL",
+    )
+    .bind(&users)
+    .bind(&keys)
+    .execute(&mut **pg)
+    .await
+    .map(drop)
 }
 
 /// A transaction of the writer. On SQLite it is `BEGIN IMMEDIATE`: it takes the write
@@ -375,6 +676,14 @@ impl Tx {
             TablePool::Postgres(p) => Tx::Postgres(p.begin().await?),
             TablePool::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
         })
+    }
+
+    /// The PostgreSQL transaction; only called on PostgreSQL's path.
+    fn pg(&mut self) -> &mut sqlx::Transaction<'static, sqlx::Postgres> {
+        match self {
+            Tx::Postgres(tx) => tx,
+            Tx::Sqlite(_) => unreachable!("the set-based rounds run on PostgreSQL only"),
+        }
     }
 
     async fn commit(self) -> Result<(), sqlx::Error> {
@@ -544,5 +853,128 @@ impl Tx {
             .await
             .map(drop),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::{Connection, Executor};
+
+    #[test]
+    fn each_round_holds_one_write_per_key_and_a_keys_writes_keep_their_order() {
+        let keys = [
+            ("u1", "a"),
+            ("u1", "a"),
+            ("u1", "a"),
+            ("u1", "b"),
+            ("u2", "a"),
+            ("u2", "a"),
+        ];
+        assert_eq!(rounds(&keys), vec![vec![0, 3, 4], vec![1, 5], vec![2]]);
+        assert_eq!(rounds(&[]), Vec::<Vec<usize>>::new());
+        assert_eq!(rounds(&[("u", "k")]), vec![vec![0]]);
+    }
+
+    fn queued(op: Op) -> Queued {
+        Queued {
+            op,
+            reply: oneshot::channel().0,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    fn claim_of(key: &str, now: DateTime<Utc>) -> Op {
+        Op::Claim {
+            user: "usr_d".into(),
+            key: key.into(),
+            fingerprint: "fp".into(),
+            now,
+            abandoned_after: Duration::seconds(120),
+            expire_after: Duration::hours(24),
+        }
+    }
+
+    /// A batch whose set-based round deadlocks with another transaction is applied again
+    /// one write at a time and answers as if nothing had happened. The batch claims `a`
+    /// (new) and `b` (completed, locked by the other transaction) in one statement: it
+    /// inserts `a` and waits for `b`; the other transaction then inserts `a` and waits for
+    /// the batch. PostgreSQL aborts the batch (the other session's `deadlock_timeout` is
+    /// longer), which is retried, waits for the other transaction to roll back, and
+    /// claims both.
+    #[tokio::test]
+    async fn a_batch_that_deadlocks_is_applied_again_one_write_at_a_time() {
+        let Ok(admin_url) = std::env::var("DATABASE_URL") else {
+            println!("skipped: PostgreSQL (DATABASE_URL not set)");
+            return;
+        };
+        let name = format!("boxoffice_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        let (server, query) = match admin_url.split_once('?') {
+            Some((base, query)) => (base, format!("?{query}")),
+            None => (admin_url.as_str(), String::new()),
+        };
+        let server = &server[..server[server.find("://").unwrap() + 3..]
+            .find('/')
+            .map_or(server.len(), |i| server.find("://").unwrap() + 3 + i)];
+        let url = format!("{server}/{name}{query}");
+        // Opening the event store applies the migrations.
+        drop(crate::connect(&url, None).await.unwrap());
+        let pool = TablePool::connect(&url).await.unwrap();
+        let now = Utc::now();
+        let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+        other
+            .execute(
+                "INSERT INTO idempotency_keys (user_id, key, fingerprint, status, response_body, created_at)
+                 VALUES ('usr_d', 'b', 'fp', 201, 'done', now())",
+            )
+            .await
+            .unwrap();
+        other
+            .execute("SET deadlock_timeout = '20s'; BEGIN; UPDATE idempotency_keys SET status = 201 WHERE key = 'b'")
+            .await
+            .unwrap();
+
+        let batch = Arc::new(vec![queued(claim_of("a", now)), queued(claim_of("b", now))]);
+        let applying = {
+            let (pool, batch) = (pool.clone(), Arc::clone(&batch));
+            tokio::spawn(async move { apply(&pool, &batch).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // Waits for the batch's `a` until PostgreSQL aborts the batch.
+        other
+            .execute(
+                "INSERT INTO idempotency_keys (user_id, key, fingerprint, created_at)
+                 VALUES ('usr_d', 'a', 'other', now()) ON CONFLICT DO NOTHING",
+            )
+            .await
+            .expect("the batch, not this session, is the deadlock's victim");
+        other.execute("ROLLBACK").await.unwrap();
+        let answers = applying
+            .await
+            .unwrap()
+            .expect("the batch applied after all");
+        assert_eq!(
+            answers,
+            vec![
+                Some(Claim::Started),
+                Some(Claim::Replay {
+                    status: 201,
+                    body: b"done".to_vec(),
+                    location: None
+                })
+            ]
+        );
+
+        other.close().await.unwrap();
+        drop(pool);
+        admin
+            .execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str())
+            .await
+            .unwrap();
     }
 }

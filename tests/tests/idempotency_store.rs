@@ -169,5 +169,54 @@ async fn concurrent_claims_give_each_key_to_exactly_one_request() {
                 backend.name
             );
         }
+        // A day later every key has expired: three requests at once per key, another
+        // request than before, find it stale in one batch; one takes it over and the
+        // others see it in flight.
+        let later = now + Duration::hours(25);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..3 {
+            for k in 0..40 {
+                let keys = std::sync::Arc::clone(&keys);
+                tasks.spawn(async move {
+                    let claim = keys
+                        .claim("usr_c", &format!("k{k}"), "fp2", later, abandoned, ttl)
+                        .await
+                        .unwrap();
+                    (k, claim)
+                });
+            }
+        }
+        let mut started = vec![0; 40];
+        while let Some(done) = tasks.join_next().await {
+            match done.unwrap() {
+                (k, Claim::Started) => started[k] += 1,
+                (_, Claim::InFlight) => {}
+                (k, other) => panic!("{}: k{k} found {other:?}", backend.name),
+            }
+        }
+        assert!(
+            started.iter().all(|&n| n == 1),
+            "{}: each stale key taken over once: {started:?}",
+            backend.name
+        );
+        // Released in one go, the keys can be claimed again by any request.
+        let mut tasks = tokio::task::JoinSet::new();
+        for k in 0..40 {
+            let keys = std::sync::Arc::clone(&keys);
+            tasks.spawn(async move { keys.release("usr_c", &format!("k{k}")).await.unwrap() });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        for k in 0..40 {
+            assert_eq!(
+                keys.claim("usr_c", &format!("k{k}"), "fp3", later, abandoned, ttl)
+                    .await
+                    .unwrap(),
+                Claim::Started,
+                "{}",
+                backend.name
+            );
+        }
     }
 }

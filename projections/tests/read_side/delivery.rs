@@ -246,6 +246,93 @@ async fn webhooks_are_signed_retried_after_a_500_and_survive_a_restart_and_email
     }
 }
 
+/// Emails go a round at a time: one query for the addresses, one append and sync of all
+/// the lines. A failed append retries every email of the round; a user without an
+/// address is given up alone; each email is written once, to its own user.
+#[tokio::test]
+async fn a_rounds_emails_go_to_their_own_users_once_and_a_failed_append_retries_them_all() {
+    for env in backends().await {
+        let (show, first, second, nobody) = (show(), user(), user(), user());
+        let addresses = [env.add_user(first).await, env.add_user(second).await];
+        let mut log = Log::new(&env.store);
+        let mut head = 0;
+        for (buyer, seat) in [(first, "S-R0-1"), (second, "S-R0-2"), (nobody, "S-R0-3")] {
+            head = log.buy(show, buyer, &[seat]).await.position;
+        }
+        // The file's directory is a file: nothing can be appended.
+        let blocker = env.dir.join("blocker");
+        std::fs::write(&blocker, b"not a directory").unwrap();
+        let notify = |file: std::path::PathBuf| NotifyConfig {
+            email_file: Some(file),
+            ..NotifyConfig::default()
+        };
+        let read = env.start(notify(blocker.join("mail.jsonl")));
+        assert!(read.notifications_projector().wait_for(head, WAIT).await);
+        let mut notification = Vec::new();
+        for buyer in [first, second, nobody] {
+            let (notes, _) = read.notifications().list(buyer, None, 10).await.unwrap();
+            assert_eq!(notes.len(), 1, "{}", env.backend);
+            notification.push(notes[0].id.clone());
+        }
+        for id in &notification[..2] {
+            let (attempts, delivered, last_error) = eventually("a failed append", || async {
+                let row = outbox_row(&env, id, "email_file").await;
+                (row.0 >= 1).then_some(row)
+            })
+            .await;
+            assert!(!delivered, "{}", env.backend);
+            assert!(
+                last_error.as_deref().is_some_and(|e| e.contains("blocker")),
+                "{}: {attempts} {last_error:?}",
+                env.backend
+            );
+        }
+        read.shutdown().await;
+
+        let email_file = env.dir.join("outbox").join("mail.jsonl");
+        let read = env.start(notify(email_file.clone()));
+        for id in &notification[..2] {
+            eventually("the email delivered", || async {
+                outbox_row(&env, id, "email_file").await.1.then_some(())
+            })
+            .await;
+        }
+        // The user without an address may be reached by either read side's rounds.
+        let (delivered, last_error) = eventually("the addressless email given up", || async {
+            let (_, delivered, last_error) = outbox_row(&env, &notification[2], "email_file").await;
+            last_error.is_some().then_some((delivered, last_error))
+        })
+        .await;
+        assert!(!delivered, "{}", env.backend);
+        assert!(
+            last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("no email address")),
+            "{}: {last_error:?}",
+            env.backend
+        );
+        let mut lines: Vec<(String, String)> = email_lines(&email_file)
+            .iter()
+            .map(|l| {
+                (
+                    l["id"].as_str().unwrap().into(),
+                    l["to"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        lines.sort();
+        let mut expected: Vec<(String, String)> = notification[..2]
+            .iter()
+            .cloned()
+            .zip(addresses.iter().cloned())
+            .collect();
+        expected.sort();
+        assert_eq!(lines, expected, "{}", env.backend);
+        read.shutdown().await;
+        env.cleanup().await;
+    }
+}
+
 #[tokio::test]
 async fn a_users_own_webhook_is_used_instead_of_the_global_one() {
     for env in backends().await {
