@@ -257,7 +257,11 @@ impl SqliteEventStore {
     /// The events `inner` selects (`SELECT * FROM events …`), fetched as one row (see
     /// [`SELECT_SLICE`]). If the slice does not decode, it is read again row by row, so that
     /// the error names the event's position as before.
-    async fn fetch_slice(&self, inner: &str, binds: &[Bind<'_>]) -> StoreResult<Vec<RecordedEvent>> {
+    async fn fetch_slice(
+        &self,
+        inner: &str,
+        binds: &[Bind<'_>],
+    ) -> StoreResult<Vec<RecordedEvent>> {
         let sql = SELECT_SLICE.replace("{inner}", inner);
         let row = bind_all(sqlx::query(&sql), binds)
             .fetch_one(&self.readers)
@@ -358,7 +362,7 @@ fn from_hex(text: &str) -> Option<Vec<u8>> {
         }
     }
     let bytes = text.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
     bytes
@@ -449,7 +453,10 @@ impl EventStore for SqliteEventStore {
         }
         self.fetch_slice(
             "SELECT * FROM events WHERE position > ?1 ORDER BY position LIMIT ?2",
-            &[Bind::Int(saturating_i64(after)), Bind::Int(read_limit(limit))],
+            &[
+                Bind::Int(saturating_i64(after)),
+                Bind::Int(read_limit(limit)),
+            ],
         )
         .await
     }
@@ -961,7 +968,10 @@ mod tests {
                             "nested": {"list": [1, null, true, "x"]},
                         }),
                     ),
-                    event("SeatReleased", serde_json::json!({"seat": format!("S-R0-{i}")})),
+                    event(
+                        "SeatReleased",
+                        serde_json::json!({"seat": format!("S-R0-{i}")}),
+                    ),
                 ],
             });
         }
@@ -995,7 +1005,10 @@ mod tests {
 
         assert_eq!(store.read_all(0, 100).await.unwrap(), one_by_one);
         assert_eq!(store.read_all(3, 4).await.unwrap(), one_by_one[3..7]);
-        assert_eq!(store.read_range(2, 11, None, 100).await.unwrap(), one_by_one[2..]);
+        assert_eq!(
+            store.read_range(2, 11, None, 100).await.unwrap(),
+            one_by_one[2..]
+        );
         let held: Vec<RecordedEvent> = one_by_one
             .iter()
             .filter(|e| e.event_type == "SeatHeld" && e.position > 1)
@@ -1008,6 +1021,12 @@ mod tests {
                 .unwrap(),
             held
         );
-        assert!(store.read_range(11, 20, None, 100).await.unwrap().is_empty());
+        assert!(
+            store
+                .read_range(11, 20, None, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }
