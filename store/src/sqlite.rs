@@ -6,7 +6,8 @@
 //! sqlx runs each SQLite connection on a worker thread and pays a hop per statement, so an
 //! append is a fixed handful of statements whatever its size: the whole batch travels as
 //! one JSON text parameter and is expanded by `json_each` inside SQLite. For the same
-//! reason reads in position order (`read_all`, `read_range`) come back as one row: SQLite
+//! reason reads in position order (`read_all`, `read_range`, `read_partition`) come back as
+//! one row: SQLite
 //! folds the slice into a JSON array of the events' columns (see [`SELECT_SLICE`]).
 //!
 //! Automatic WAL checkpoints are off on the writer, because SQLite would run them inside
@@ -432,14 +433,14 @@ impl EventStore for SqliteEventStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "{SELECT_EVENT_COLUMNS} WHERE partition_key = ?1 AND position > ?2 ORDER BY position LIMIT ?3"
-        );
-        self.fetch_events(
-            sqlx::query(&sql)
-                .bind(partition_key)
-                .bind(saturating_i64(after))
-                .bind(read_limit(limit)),
+        self.fetch_slice(
+            "SELECT * FROM events WHERE partition_key = ?1 AND position > ?2 \
+             ORDER BY position LIMIT ?3",
+            &[
+                Bind::Text(partition_key),
+                Bind::Int(saturating_i64(after)),
+                Bind::Int(read_limit(limit)),
+            ],
         )
         .await
     }
@@ -934,8 +935,8 @@ mod tests {
         assert_eq!(from_hex("0G"), None);
     }
 
-    /// A slice read as one row (`read_all`, `read_range`) gives exactly what reading its
-    /// rows one by one gives: texts with quotes, escapes and non-ASCII characters, numbers
+    /// A slice read as one row (`read_all`, `read_range`, `read_partition`) gives exactly
+    /// what reading its rows one by one gives: texts with quotes, escapes and non-ASCII characters, numbers
     /// at the edges of JSON's, a row from before the hash chain, and a type filter.
     #[tokio::test]
     async fn slices_read_as_one_row_equal_the_rows_read_one_by_one() {
@@ -1024,6 +1025,21 @@ mod tests {
         assert!(
             store
                 .read_range(11, 20, None, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store.read_partition("show-1", 2, 100).await.unwrap(),
+            one_by_one[2..]
+        );
+        assert_eq!(
+            store.read_partition("show-1", 0, 3).await.unwrap(),
+            one_by_one[..3]
+        );
+        assert!(
+            store
+                .read_partition("show-2", 0, 100)
                 .await
                 .unwrap()
                 .is_empty()
