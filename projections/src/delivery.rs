@@ -217,8 +217,10 @@ impl DeliveryWorker {
         Ok(Self { shutdown, task })
     }
 
-    /// Stops the worker (a delivery in flight is abandoned; its lease runs out and it is
-    /// sent again) and waits for it.
+    /// Stops the worker and waits for it. A round in flight finishes the notification it
+    /// is sending, hands the rest of its rows back and records them: a round is never
+    /// dropped halfway, because a transaction cancelled in the middle (on SQLite, even in
+    /// its `BEGIN`) could go back to the shared pool still open, holding the write lock.
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);
         if let Err(e) = self.task.await
@@ -334,11 +336,13 @@ impl Worker {
             if let Some(rx) = &mut wake {
                 rx.borrow_and_update();
             }
-            let round = tokio::select! {
-                biased;
-                () = stopped(&mut shutdown) => break,
-                round = self.round() => round,
-            };
+            if *shutdown.borrow() {
+                break;
+            }
+            let round = self.round(&shutdown).await;
+            if *shutdown.borrow() {
+                break;
+            }
             let sleep = match round {
                 Ok(taken) if taken >= self.config.batch_rows_max => continue,
                 Ok(_) => match self.next_due().await {
@@ -383,7 +387,7 @@ impl Worker {
     /// thousands of notifications a second cost two commits per round rather than two
     /// per notification. Delivery stays at least once: a crash before the second commit
     /// sends the round's rows again once their lease has passed.
-    async fn round(&self) -> Result<usize, sqlx::Error> {
+    async fn round(&self, shutdown: &watch::Receiver<bool>) -> Result<usize, sqlx::Error> {
         let now = self.clock.now();
         let rows = db::fetch_all(
             &self.pool,
@@ -405,12 +409,16 @@ impl Worker {
                 Err(e) => self.give_up_undecodable(row, e).await?,
             }
         }
-        self.send(due).await?;
+        self.send(due, shutdown).await?;
         Ok(rows.len())
     }
 
     /// Claims the rows of `due`, sends them, and records how each went.
-    async fn send(&self, due: Vec<Due>) -> Result<(), sqlx::Error> {
+    async fn send(
+        &self,
+        due: Vec<Due>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), sqlx::Error> {
         let lease_until =
             self.clock.now() + chrono::Duration::milliseconds(self.config.lease_ms as i64);
         let claimed = self.claim(due, lease_until).await?;
@@ -422,7 +430,7 @@ impl Worker {
         let mut handed_back = Vec::new();
         let mut emails = Vec::new();
         for due in claimed {
-            if claimed_at.elapsed() >= Duration::from_millis(sending_ms) {
+            if claimed_at.elapsed() >= Duration::from_millis(sending_ms) || *shutdown.borrow() {
                 handed_back.push(due);
                 continue;
             }
@@ -617,14 +625,13 @@ impl Worker {
             db::placeholders_for(db::backend_of(&self.pool), 1, users.len())
         );
         let params: Vec<Param> = users.iter().map(|&user| user.into()).collect();
-        let addresses: Result<std::collections::HashMap<String, String>, sqlx::Error> =
-            match db::fetch_all(&self.pool, &sql, &params).await {
-                Ok(rows) => rows
-                    .iter()
+        let addresses = db::fetch_all(&self.pool, &sql, &params)
+            .await
+            .and_then(|rows| {
+                rows.iter()
                     .map(|row| Ok((row.text("user_id")?, row.text("email")?)))
-                    .collect(),
-                Err(e) => Err(e),
-            };
+                    .collect::<Result<std::collections::HashMap<String, String>, sqlx::Error>>()
+            });
         let addresses = match addresses {
             Ok(addresses) => addresses,
             Err(e) => {
@@ -890,7 +897,12 @@ impl OneDelivery {
         .await?;
         if let Some(row) = row {
             match Due::decode(&row) {
-                Ok(due) => self.worker.send(vec![due]).await?,
+                // Sent here and now, with no worker to stop.
+                Ok(due) => {
+                    self.worker
+                        .send(vec![due], &watch::channel(false).1)
+                        .await?
+                }
                 Err(e) => self.worker.give_up_undecodable(&row, e).await?,
             }
         }
@@ -909,7 +921,7 @@ fn truncate(mut text: String) -> String {
     text
 }
 
-/// Appends one line and syncs it, so a row is never marked delivered for a line that a
+/// Appends lines and syncs them, so a row is never marked delivered for a line that a
 /// crash could still lose.
 async fn append_lines(path: &std::path::Path, lines: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

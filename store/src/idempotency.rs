@@ -57,32 +57,37 @@ const QUEUE_OPS_MAX: usize = 8 * BATCH_OPS_MAX;
 /// One write of the request path, as the writer applies it.
 #[derive(Debug)]
 enum Op {
-    Claim {
-        user: String,
-        key: String,
-        fingerprint: String,
-        now: DateTime<Utc>,
-        abandoned_after: Duration,
-        expire_after: Duration,
-    },
-    Complete {
-        user: String,
-        key: String,
-        status: i64,
-        body: Vec<u8>,
-        location: Option<String>,
-    },
-    Release {
-        user: String,
-        key: String,
-    },
+    Claim(ClaimOp),
+    Complete(CompleteOp),
+    Release { user: String, key: String },
+}
+
+/// A claim of a key (see [`IdempotencyStore::claim`]).
+#[derive(Debug)]
+struct ClaimOp {
+    user: String,
+    key: String,
+    fingerprint: String,
+    now: DateTime<Utc>,
+    abandoned_after: Duration,
+    expire_after: Duration,
+}
+
+/// The response stored for a claimed key.
+#[derive(Debug)]
+struct CompleteOp {
+    user: String,
+    key: String,
+    status: i64,
+    body: Vec<u8>,
+    location: Option<String>,
 }
 
 impl Op {
     fn key(&self) -> (&str, &str) {
         match self {
-            Op::Claim { user, key, .. }
-            | Op::Complete { user, key, .. }
+            Op::Claim(ClaimOp { user, key, .. })
+            | Op::Complete(CompleteOp { user, key, .. })
             | Op::Release { user, key } => (user, key),
         }
     }
@@ -150,14 +155,14 @@ impl IdempotencyKeys {
         expire_after: Duration,
     ) -> StoreResult<Claim> {
         let claim = self
-            .submit(Op::Claim {
+            .submit(Op::Claim(ClaimOp {
                 user: user.to_owned(),
                 key: key.to_owned(),
                 fingerprint: fingerprint.to_owned(),
                 now,
                 abandoned_after,
                 expire_after,
-            })
+            }))
             .await?;
         Ok(claim.expect("a claim answers with what it found"))
     }
@@ -171,13 +176,13 @@ impl IdempotencyKeys {
         body: &[u8],
         location: Option<&str>,
     ) -> StoreResult<()> {
-        self.submit(Op::Complete {
+        self.submit(Op::Complete(CompleteOp {
             user: user.to_owned(),
             key: key.to_owned(),
             status: i64::from(status),
             body: body.to_vec(),
             location: location.map(str::to_owned),
-        })
+        }))
         .await
         .map(drop)
     }
@@ -232,7 +237,7 @@ async fn write(pool: TablePool, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Que
         }
         let wait_max = std::time::Duration::from_millis(CLAIM_WAIT_MS_MAX);
         let late = |queued: &mut Queued| {
-            matches!(queued.op, Op::Claim { .. }) && queued.at.elapsed() > wait_max
+            matches!(queued.op, Op::Claim(_)) && queued.at.elapsed() > wait_max
         };
         for queued in batch.extract_if(.., late) {
             let _ = queued.reply.send(Err(StoreError::Unavailable(
@@ -336,33 +341,9 @@ async fn apply_in(
 /// stale key, and every write on SQLite.
 async fn apply_one(tx: &mut Tx, op: &Op) -> Result<Option<Claim>, sqlx::Error> {
     Ok(match op {
-        Op::Claim {
-            user,
-            key,
-            fingerprint,
-            now,
-            abandoned_after,
-            expire_after,
-        } => Some(
-            claim(
-                tx,
-                user,
-                key,
-                fingerprint,
-                *now,
-                *abandoned_after,
-                *expire_after,
-            )
-            .await?,
-        ),
-        Op::Complete {
-            user,
-            key,
-            status,
-            body,
-            location,
-        } => {
-            tx.complete(user, key, *status, body, location.as_deref())
+        Op::Claim(c) => Some(claim(tx, c).await?),
+        Op::Complete(c) => {
+            tx.complete(&c.user, &c.key, c.status, &c.body, c.location.as_deref())
                 .await?;
             None
         }
@@ -410,65 +391,69 @@ async fn apply_rounds(tx: &mut Tx, batch: &[Queued]) -> Result<Vec<Option<Claim>
         let (mut claims, mut completes, mut releases) = (Vec::new(), Vec::new(), Vec::new());
         for i in round {
             match &batch[i].op {
-                Op::Claim { .. } => claims.push(i),
-                Op::Complete { .. } => completes.push(i),
+                Op::Claim(c) => claims.push((i, c)),
+                Op::Complete(c) => completes.push((i, c)),
                 Op::Release { .. } => releases.push(i),
             }
         }
-        for kind in [claims, completes, releases] {
-            // One write of a kind goes as it does on SQLite: the single-row statements
-            // plan as cheaply as they run.
-            if let [i] = kind[..] {
+        // One write of a kind goes as it does on SQLite: the single-row statements plan as
+        // cheaply as they run.
+        let mut single = Vec::new();
+        if let [(i, _)] = claims[..] {
+            single.push(i);
+            claims.clear();
+        }
+        if let [(i, _)] = completes[..] {
+            single.push(i);
+            completes.clear();
+        }
+        if let [i] = releases[..] {
+            single.push(i);
+            releases.clear();
+        }
+        for i in single {
+            answers[i] = apply_one(tx, &batch[i].op).await?;
+        }
+        if claims.is_empty() && completes.is_empty() && releases.is_empty() {
+            continue;
+        }
+        if !custom {
+            // These statements look keys up by the primary key. A generic plan of a join
+            // with `unnest` is costed for ten rows and the table's size when it was made:
+            // made while the table was small, it scans the table whole, and PostgreSQL
+            // keeps it as the table grows (an on-sale's hold p50 doubled within 20 s). A
+            // custom plan, made for each execution (about 60 µs, measured), knows both.
+            sqlx::query("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)")
+                .execute(&mut **tx.pg())
+                .await?;
+            custom = true;
+        }
+        if !claims.is_empty() {
+            for i in claim_round(tx.pg(), &claims, &mut answers).await? {
                 answers[i] = apply_one(tx, &batch[i].op).await?;
-                continue;
             }
-            if kind.is_empty() {
-                continue;
-            }
-            if !custom {
-                // These statements look keys up by the primary key. A generic plan of a
-                // join with `unnest` is costed for ten rows and the table's size when it
-                // was made: made while the table was small, it scans the table whole, and
-                // PostgreSQL keeps it as the table grows (an on-sale's hold p50 doubled
-                // within 20 s). A custom plan, made for each execution (about 60 µs,
-                // measured), knows both.
-                sqlx::query("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)")
-                    .execute(&mut **tx.pg())
-                    .await?;
-                custom = true;
-            }
-            match &batch[kind[0]].op {
-                Op::Claim { .. } => {
-                    for i in claim_round(tx.pg(), batch, &kind, &mut answers).await? {
-                        answers[i] = apply_one(tx, &batch[i].op).await?;
-                    }
-                }
-                Op::Complete { .. } => complete_round(tx.pg(), batch, &kind).await?,
-                Op::Release { .. } => release_round(tx.pg(), batch, &kind).await?,
-            }
+        }
+        if !completes.is_empty() {
+            complete_round(tx.pg(), &completes).await?;
+        }
+        if !releases.is_empty() {
+            release_round(tx.pg(), batch, &releases).await?;
         }
     }
     Ok(answers)
 }
-async fn claim(
-    tx: &mut Tx,
-    user: &str,
-    key: &str,
-    fingerprint: &str,
-    now: DateTime<Utc>,
-    abandoned_after: Duration,
-    expire_after: Duration,
-) -> Result<Claim, sqlx::Error> {
+async fn claim(tx: &mut Tx, c: &ClaimOp) -> Result<Claim, sqlx::Error> {
+    let (user, key) = (c.user.as_str(), c.key.as_str());
     // Two rounds at most: the second after forgetting an expired or abandoned claim.
     for _ in 0..2 {
-        if tx.insert(user, key, fingerprint, now).await? {
+        if tx.insert(user, key, &c.fingerprint, c.now).await? {
             return Ok(Claim::Started);
         }
         let Some(row) = tx.get(user, key).await? else {
             continue;
         };
         let created_at = row.created_at;
-        match judge(row, fingerprint, now, abandoned_after, expire_after) {
+        match judge(row, c) {
             Some(found) => return Ok(found),
             None => tx.forget_if_created(user, key, created_at).await?,
         }
@@ -476,21 +461,15 @@ async fn claim(
     Ok(Claim::InFlight)
 }
 
-/// What a claim finds in the key `row` someone else stored; `None` if that key is stale
+/// What claim `c` finds in the key `row` someone else stored; `None` if that key is stale
 /// (expired, or a claim abandoned unanswered) and is to be forgotten and claimed anew.
-fn judge(
-    row: Row_,
-    fingerprint: &str,
-    now: DateTime<Utc>,
-    abandoned_after: Duration,
-    expire_after: Duration,
-) -> Option<Claim> {
-    let expired = row.created_at < now - expire_after;
-    let abandoned = row.status.is_none() && row.created_at < now - abandoned_after;
+fn judge(row: Row_, c: &ClaimOp) -> Option<Claim> {
+    let expired = row.created_at < c.now - c.expire_after;
+    let abandoned = row.status.is_none() && row.created_at < c.now - c.abandoned_after;
     if expired || abandoned {
         return None;
     }
-    if row.fingerprint != fingerprint {
+    if row.fingerprint != c.fingerprint {
         return Some(Claim::Mismatch);
     }
     Some(match row.status {
@@ -503,25 +482,19 @@ fn judge(
     })
 }
 
-/// The claims of one round (`claims`, indices into `batch`, each for another key): inserts
+/// The claims of one round (each for another key, with its index in the batch): inserts
 /// them all, then reads the keys that were already taken and answers each claim in
 /// `answers`. Returns the claims left to settle one by one: those whose key is stale, or
 /// was deleted between the two statements.
 async fn claim_round(
     pg: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    batch: &[Queued],
-    claims: &[usize],
+    claims: &[(usize, &ClaimOp)],
     answers: &mut [Option<Claim>],
 ) -> Result<Vec<usize>, sqlx::Error> {
-    let (users, keys) = key_columns(batch, claims);
+    let (users, keys) = key_columns(claims.iter().map(|(_, c)| (&c.user, &c.key)));
     let (fingerprints, times): (Vec<&str>, Vec<DateTime<Utc>>) = claims
         .iter()
-        .map(|&i| match &batch[i].op {
-            Op::Claim {
-                fingerprint, now, ..
-            } => (fingerprint.as_str(), *now),
-            _ => unreachable!("claims holds claims"),
-        })
+        .map(|(_, c)| (c.fingerprint.as_str(), c.now))
         .unzip();
     // In key order (the batch's), as the rows are locked.
     let inserted: std::collections::HashSet<(String, String)> = sqlx::query_as(
@@ -539,18 +512,17 @@ async fn claim_round(
     .into_iter()
     .collect();
     let mut taken = Vec::new();
-    for &i in claims {
-        let (user, key) = batch[i].op.key();
-        if inserted.contains(&(user.to_owned(), key.to_owned())) {
+    for &(i, c) in claims {
+        if inserted.contains(&(c.user.clone(), c.key.clone())) {
             answers[i] = Some(Claim::Started);
         } else {
-            taken.push(i);
+            taken.push((i, c));
         }
     }
     if taken.is_empty() {
         return Ok(Vec::new());
     }
-    let (users, keys) = key_columns(batch, &taken);
+    let (users, keys) = key_columns(taken.iter().map(|(_, c)| (&c.user, &c.key)));
     let mut rows: std::collections::HashMap<(String, String), Row_> = sqlx::query(
         "SELECT k.user_id, k.key, k.fingerprint, k.status, k.response_body, k.location,
                 k.created_at
@@ -576,21 +548,10 @@ async fn claim_round(
     })
     .collect::<Result<_, sqlx::Error>>()?;
     let mut stale = Vec::new();
-    for i in taken {
-        let Op::Claim {
-            user,
-            key,
-            fingerprint,
-            now,
-            abandoned_after,
-            expire_after,
-        } = &batch[i].op
-        else {
-            unreachable!("claims holds claims")
-        };
+    for (i, c) in taken {
         let found = rows
-            .remove(&(user.clone(), key.clone()))
-            .and_then(|row| judge(row, fingerprint, *now, *abandoned_after, *expire_after));
+            .remove(&(c.user.clone(), c.key.clone()))
+            .and_then(|row| judge(row, c));
         match found {
             Some(found) => answers[i] = Some(found),
             None => stale.push(i),
@@ -599,33 +560,25 @@ async fn claim_round(
     Ok(stale)
 }
 
-/// The users and keys of the writes `indices` of `batch`, as the two array columns the
-/// set-based statements take.
-fn key_columns<'a>(batch: &'a [Queued], indices: &[usize]) -> (Vec<&'a str>, Vec<&'a str>) {
-    indices.iter().map(|&i| batch[i].op.key()).unzip()
+/// Users and keys as the two array columns the set-based statements take.
+fn key_columns<'a>(
+    keys: impl Iterator<Item = (&'a String, &'a String)>,
+) -> (Vec<&'a str>, Vec<&'a str>) {
+    keys.map(|(user, key)| (user.as_str(), key.as_str()))
+        .unzip()
 }
 
 /// The completions of one round, each for another key, in one UPDATE.
 async fn complete_round(
     pg: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    batch: &[Queued],
-    completes: &[usize],
+    completes: &[(usize, &CompleteOp)],
 ) -> Result<(), sqlx::Error> {
-    let (users, keys) = key_columns(batch, completes);
+    let (users, keys) = key_columns(completes.iter().map(|(_, c)| (&c.user, &c.key)));
     let (mut statuses, mut bodies, mut locations) = (Vec::new(), Vec::new(), Vec::new());
-    for &i in completes {
-        let Op::Complete {
-            status,
-            body,
-            location,
-            ..
-        } = &batch[i].op
-        else {
-            unreachable!("completes holds completions")
-        };
-        statuses.push(*status);
-        bodies.push(body.as_slice());
-        locations.push(location.as_deref());
+    for (_, c) in completes {
+        statuses.push(c.status);
+        bodies.push(c.body.as_slice());
+        locations.push(c.location.as_deref());
     }
     sqlx::query(
         "UPDATE idempotency_keys k
@@ -644,13 +597,13 @@ async fn complete_round(
     .map(drop)
 }
 
-/// The releases of one round, each for another key, in one DELETE.
+/// The releases of one round (indices into `batch`), each for another key, in one DELETE.
 async fn release_round(
     pg: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     batch: &[Queued],
     releases: &[usize],
 ) -> Result<(), sqlx::Error> {
-    let (users, keys) = key_columns(batch, releases);
+    let (users, keys): (Vec<&str>, Vec<&str>) = releases.iter().map(|&i| batch[i].op.key()).unzip();
     sqlx::query(
         "DELETE FROM idempotency_keys k
          USING unnest($1::text[], $2::text[]) AS t (user_id, key)
@@ -885,14 +838,14 @@ mod tests {
     }
 
     fn claim_of(key: &str, now: DateTime<Utc>) -> Op {
-        Op::Claim {
+        Op::Claim(ClaimOp {
             user: "usr_d".into(),
             key: key.into(),
             fingerprint: "fp".into(),
             now,
             abandoned_after: Duration::seconds(120),
             expire_after: Duration::hours(24),
-        }
+        })
     }
 
     /// A batch whose set-based round deadlocks with another transaction is applied again

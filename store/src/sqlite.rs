@@ -821,24 +821,27 @@ async fn checkpoint_periodically(mut conn: SqliteConnection, mut head: watch::Re
 }
 
 fn decode_event(row: &SqliteRow) -> StoreResult<RecordedEvent> {
-    let position = decode_position(row.try_get("position").map_err(|e| corrupt(0, e))?)?;
-    let get = |column: &str| row.try_get(column).map_err(|e| corrupt(position, e));
+    let position = decode_position(column(row, 0, "position")?)?;
     decode_parts(StoredEvent {
         position,
-        partition_key: get("partition_key")?,
-        stream_id: get("stream_id")?,
-        version: row.try_get("version").map_err(|e| corrupt(position, e))?,
-        event_type: get("event_type")?,
-        schema_version: row
-            .try_get("schema_version")
-            .map_err(|e| corrupt(position, e))?,
-        payload: row.try_get("payload").map_err(|e| corrupt(position, e))?,
-        metadata: row.try_get("metadata").map_err(|e| corrupt(position, e))?,
-        recorded_at: row
-            .try_get("recorded_at")
-            .map_err(|e| corrupt(position, e))?,
-        chain: row.try_get("chain").map_err(|e| corrupt(position, e))?,
+        partition_key: column(row, position, "partition_key")?,
+        stream_id: column(row, position, "stream_id")?,
+        version: column(row, position, "version")?,
+        event_type: column(row, position, "event_type")?,
+        schema_version: column(row, position, "schema_version")?,
+        payload: column(row, position, "payload")?,
+        metadata: column(row, position, "metadata")?,
+        recorded_at: column(row, position, "recorded_at")?,
+        chain: column(row, position, "chain")?,
     })
+}
+
+/// Column `name` of the row of the event at `position` (0 before it is known).
+fn column<'r, T>(row: &'r SqliteRow, position: u64, name: &str) -> StoreResult<T>
+where
+    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    row.try_get(name).map_err(|e| corrupt(position, e))
 }
 
 /// An event's columns as stored, before decoding.
