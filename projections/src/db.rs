@@ -23,6 +23,7 @@ use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 
 use boxoffice_store::tables::TablePool;
+use boxoffice_store::transactions;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -334,11 +335,15 @@ pub struct Tx {
 impl Tx {
     /// Begins a transaction. On SQLite it is `BEGIN IMMEDIATE`: the write lock is taken
     /// up front, so the transaction waits (busy timeout) for other writers instead of
-    /// failing with SQLITE_BUSY when it upgrades from reading to writing.
+    /// failing with SQLITE_BUSY when it upgrades from reading to writing. Begun in a task
+    /// of its own, so that a caller cancelled meanwhile leaves no transaction open on the
+    /// pool's connection (`boxoffice_store::transactions`).
     pub async fn begin(pool: &TablePool) -> Result<Self, sqlx::Error> {
         let inner = match pool {
-            TablePool::Postgres(p) => TxInner::Postgres(p.begin().await?),
-            TablePool::Sqlite(p) => TxInner::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            TablePool::Postgres(p) => TxInner::Postgres(transactions::begin(p, None).await?),
+            TablePool::Sqlite(p) => {
+                TxInner::Sqlite(transactions::begin(p, Some("BEGIN IMMEDIATE")).await?)
+            }
         };
         Ok(Self { inner })
     }

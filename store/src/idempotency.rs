@@ -20,6 +20,7 @@ use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::tables::{TablePool, unavailable};
+use crate::transactions;
 use crate::{StoreError, StoreResult};
 
 /// What claiming a key found.
@@ -626,8 +627,10 @@ enum Tx {
 impl Tx {
     async fn begin(pool: &TablePool) -> Result<Self, sqlx::Error> {
         Ok(match pool {
-            TablePool::Postgres(p) => Tx::Postgres(p.begin().await?),
-            TablePool::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            TablePool::Postgres(p) => Tx::Postgres(transactions::begin(p, None).await?),
+            TablePool::Sqlite(p) => {
+                Tx::Sqlite(transactions::begin(p, Some("BEGIN IMMEDIATE")).await?)
+            }
         })
     }
 

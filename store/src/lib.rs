@@ -24,6 +24,7 @@ pub mod postgres;
 mod recent;
 pub mod sqlite;
 pub mod tables;
+pub mod transactions;
 pub mod users;
 
 /// Most events one `append` may carry; the engine's batches stay below it.

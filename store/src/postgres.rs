@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, Row};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -26,6 +26,7 @@ use crate::common::{
     expected_version_i64, planned_events, read_limit, require_key, saturating_i64, validate,
 };
 use crate::recent::{Landing, RecentEvents};
+use crate::transactions;
 use crate::{AppendBatch, AppendResult, EventStore, Fence, RecordedEvent, StoreError, StoreResult};
 
 /// The channel every committed append notifies, with its last position as the payload.
@@ -234,10 +235,12 @@ impl PgEventStore {
             .bind(&batch.partition_key)
             .bind(fence.map(|f| saturating_i64(f.epoch)));
 
-        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        // Begun in a task of its own: `bounded`'s timeout may give up on this append while
+        // its BEGIN waits for the lock, and a cancelled BEGIN would otherwise leave the
+        // connection in the pool inside a transaction that takes the lock and keeps it
+        // (`transactions`). The wait measured includes taking a connection from the pool.
         let lock_requested = Instant::now();
-        let mut tx = conn
-            .begin_with(BEGIN_AND_LOCK_SQL.as_str())
+        let mut tx = transactions::begin(&self.pool, Some(BEGIN_AND_LOCK_SQL.as_str()))
             .await
             .map_err(unavailable)?;
         let lock_acquired = Instant::now();

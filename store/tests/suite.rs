@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use boxoffice_store::chain::{ChainBreakReason, ChainKey, ChainVerifier};
+use boxoffice_store::transactions;
 use boxoffice_store::{
     APPEND_EVENTS_MAX, AppendBatch, AppendResult, EventMetadata, EventStore, NewEvent,
     RecordedEvent, StoreError, StreamAppend,
@@ -1593,4 +1594,146 @@ async fn postgres_app_role_needs_only_insert_and_select_on_events() {
     outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     let error = truncate.expect_err("TRUNCATE refused");
     assert!(error.to_string().contains("immutable"), "{error}");
+}
+
+/// How long a test waits for something that happens in the background.
+const BACKGROUND_WAIT: Duration = Duration::from_secs(20);
+
+/// A BEGIN whose caller gives up while it waits for a lock another session holds leaves
+/// no transaction open on the pool's connection (`boxoffice_store::transactions`): once
+/// the lock is free, the abandoned transaction takes it and gives it back, and the
+/// connection's next statement starts a transaction of its own. With sqlx's own
+/// `begin_with`, the connection stays in the pool inside that transaction, holding the
+/// lock, until someone reuses it (transact-rs/sqlx#4393).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_cancelled_begin_leaves_no_transaction_open() {
+    let Some(db) = TestDb::postgres().await else {
+        println!("skipped: DATABASE_URL not set");
+        return;
+    };
+    const LOCK: i64 = 1_667_329_635;
+    const BEGIN_LOCKED: &str = "BEGIN; SELECT pg_advisory_xact_lock(1667329635)";
+    let outcome = catch_failure(async {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(db.url())
+            .await
+            .expect("pool");
+        let mut holder = sqlx::PgConnection::connect(db.url()).await.expect("holder");
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(LOCK)
+            .execute(&mut holder)
+            .await
+            .expect("lock");
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(300),
+            transactions::begin(&pool, Some(BEGIN_LOCKED)),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the BEGIN did not wait for the lock");
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(LOCK)
+            .execute(&mut holder)
+            .await
+            .expect("unlock");
+
+        let deadline = Instant::now() + BACKGROUND_WAIT;
+        loop {
+            let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(LOCK)
+                .fetch_one(&mut holder)
+                .await
+                .expect("try the lock");
+            if free {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the abandoned transaction still holds the lock"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let idle_in_transaction: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+        )
+        .fetch_one(&mut holder)
+        .await
+        .expect("sessions");
+        assert_eq!(
+            idle_in_transaction, 0,
+            "a connection was left inside a transaction"
+        );
+        let mut tx = transactions::begin(&pool, None).await.expect("begin again");
+        sqlx::query("SELECT 1")
+            .execute(&mut *tx)
+            .await
+            .expect("use it");
+        tx.commit().await.expect("commit");
+        holder.close().await.ok();
+        pool.close().await;
+    })
+    .await;
+    db.cleanup().await;
+    outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
+/// The same on SQLite: a `BEGIN IMMEDIATE` abandoned while another connection holds the
+/// write lock neither keeps the lock once it gets it nor leaves the pool's connection
+/// inside a transaction (the next `BEGIN IMMEDIATE` on it would fail with "begin_with at
+/// non-zero transaction depth").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_a_cancelled_begin_leaves_no_transaction_open() {
+    let db = TestDb::sqlite();
+    // The store makes the file and its WAL mode.
+    drop(db.open().await);
+    let outcome = catch_failure(async {
+        let options = db
+            .url()
+            .parse::<sqlx::sqlite::SqliteConnectOptions>()
+            .expect("url")
+            .busy_timeout(Duration::from_secs(5));
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .expect("pool");
+        let mut holder = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .expect("holder");
+        holder.execute("BEGIN IMMEDIATE").await.expect("lock");
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(300),
+            transactions::begin(&pool, Some("BEGIN IMMEDIATE")),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the BEGIN did not wait for the lock");
+        holder.execute("COMMIT").await.expect("unlock");
+
+        let deadline = Instant::now() + BACKGROUND_WAIT;
+        loop {
+            match holder.execute("BEGIN IMMEDIATE").await {
+                Ok(_) => break,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "the abandoned transaction still holds the write lock: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        holder.execute("COMMIT").await.expect("commit");
+        let mut tx = transactions::begin(&pool, Some("BEGIN IMMEDIATE"))
+            .await
+            .expect("the pool's connection begins again");
+        sqlx::query("SELECT 1")
+            .execute(&mut *tx)
+            .await
+            .expect("use it");
+        tx.commit().await.expect("commit");
+        holder.close().await.ok();
+        pool.close().await;
+    })
+    .await;
+    db.cleanup().await;
+    outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
 }

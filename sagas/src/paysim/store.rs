@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use boxoffice_store::transactions;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -176,7 +177,7 @@ impl Store {
         now_ms: i64,
     ) -> anyhow::Result<CreateOutcome> {
         assert_eq!(intent.status, IntentStatus::Processing);
-        let mut tx = self.writer.begin().await?;
+        let mut tx = transactions::begin(&self.writer, None).await?;
         if let Some(key) = idempotency_key {
             if let Some((seen, intent_id)) = find_key(&mut tx, SCOPE_INTENTS, key).await? {
                 if seen != fingerprint {
@@ -219,7 +220,7 @@ impl Store {
         id: &str,
         now_ms: i64,
     ) -> anyhow::Result<CancelOutcome> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = transactions::begin(&self.writer, None).await?;
         let Some(mut intent) = load_intent(&mut tx, id).await? else {
             return Ok(CancelOutcome::NotFound);
         };
@@ -277,7 +278,7 @@ impl Store {
     /// Settles the intent if it is still processing and due, recording its events.
     /// `None` when something else (a cancel) got there first.
     pub(crate) async fn settle(&self, id: &str, now_ms: i64) -> anyhow::Result<Option<Intent>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = transactions::begin(&self.writer, None).await?;
         let due: Option<Option<i64>> =
             sqlx::query_scalar("SELECT settle_at_ms FROM intents WHERE id = ? AND status = ?")
                 .bind(id)
@@ -323,7 +324,7 @@ impl Store {
         amount: Option<i64>,
         now_ms: i64,
     ) -> anyhow::Result<RefundOutcome> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = transactions::begin(&self.writer, None).await?;
         if let Some(key) = idempotency_key
             && let Some((seen, refund_id)) = find_key(&mut tx, SCOPE_REFUNDS, key).await?
         {
