@@ -74,6 +74,12 @@ pub(crate) struct Shadow {
     place: Place,
     /// Each real table's schema (PostgreSQL copies moved into place).
     home_schemas: Vec<schema::Home>,
+    /// The DDL of the SQLite copies' non-unique indexes, left out while the log is
+    /// replayed and made by [`Shadow::finish`] (a rebuild's TEMP copies only).
+    deferred_indexes: Vec<String>,
+    /// Whether the copies have every index of their tables, so that the swap can copy
+    /// rows and index entries as they are (SQLite's transfer of a whole table).
+    copies_indexed: bool,
     /// Set by [`Shadow::discard`]; a shadow dropped without it (a cancelled rebuild) drops
     /// its copies from a task of its own.
     discarded: bool,
@@ -194,10 +200,17 @@ impl Shadow {
                 .await?;
         }
         let mut homes = Vec::with_capacity(tables.len());
+        let mut deferred_indexes = Vec::new();
         for table in tables {
             let home = match session.backend() {
                 Backend::Postgres => create_postgres(&session, table).await?,
-                Backend::Sqlite => create_sqlite(&session, table).await?,
+                Backend::Sqlite => {
+                    let (home, deferred) = create_sqlite(&session, table).await?;
+                    if purpose == Purpose::Swap {
+                        deferred_indexes.extend(deferred);
+                    }
+                    home
+                }
             };
             homes.push(home);
         }
@@ -207,6 +220,8 @@ impl Shadow {
             homes,
             place: Place::Temp,
             home_schemas: Vec::new(),
+            deferred_indexes,
+            copies_indexed: false,
             discarded: false,
         })
     }
@@ -248,6 +263,8 @@ impl Shadow {
             homes: home_schemas.iter().map(|h| h.qualified.clone()).collect(),
             place: Place::Schema { moved, key },
             home_schemas,
+            deferred_indexes: Vec::new(),
+            copies_indexed: false,
             discarded: false,
         }))
     }
@@ -305,18 +322,32 @@ impl Shadow {
 
     /// Once the log has been replayed into the copies, before the swap's transaction:
     /// makes what was left out of copies that will be moved into place (secondary indexes,
-    /// foreign keys, statistics).
+    /// foreign keys, statistics), or on SQLite the TEMP copies' non-unique indexes, so that
+    /// the swap can transfer rows and index entries as they are.
     ///
     /// If that fails (a copy that did not come out like its table, say), the copies are
     /// complete all the same: the swap then copies their rows into place instead of moving
-    /// them.
+    /// them, or (SQLite) remakes the real tables' indexes after copying the rows.
     pub(crate) async fn finish(&mut self) -> Result<(), ProjectionError> {
-        if let Place::Schema { moved, key } = &mut self.place
-            && let Err(e) =
-                schema::finish(&self.session, moved, self.tables, &self.home_schemas).await
-        {
-            tracing::warn!(error = %e, "the rebuilt tables will be copied into place, not moved");
-            move_failed(key, true);
+        match &mut self.place {
+            Place::Schema { moved, key } => {
+                if let Err(e) =
+                    schema::finish(&self.session, moved, self.tables, &self.home_schemas).await
+                {
+                    tracing::warn!(error = %e, "the rebuilt tables will be copied into place, not moved");
+                    move_failed(key, true);
+                }
+            }
+            Place::Temp if self.session.backend() == Backend::Sqlite => {
+                for ddl in &self.deferred_indexes {
+                    if let Err(e) = self.session.execute(ddl, &[]).await {
+                        tracing::warn!(ddl, error = %e, "indexing a rebuilt copy failed; the swap remakes the indexes");
+                        return Ok(());
+                    }
+                }
+                self.copies_indexed = true;
+            }
+            Place::Temp => {}
         }
         Ok(())
     }
@@ -358,16 +389,19 @@ impl Shadow {
     /// children, after children were emptied first, so foreign keys between the tables hold
     /// at every statement.
     ///
-    /// On SQLite the real tables' own indexes (those made by `CREATE INDEX`, not the
-    /// primary keys and UNIQUE constraints) are dropped first and made again, with their
-    /// stored DDL, once the rows are in: in the same transaction, so readers see the old
-    /// tables and indexes until the commit and the schema ends up as it was. Building an
-    /// index from a million sorted rows is several times faster than keeping it up to date
-    /// row by row, in the log's order, which scatters the inserts over an index on
-    /// `stream_id` (`audit_log`'s swap took 4.9 s of its 10.1 s rebuild that way).
+    /// On SQLite, once [`Shadow::finish`] has indexed the copies like their tables,
+    /// `INSERT … SELECT *` into an emptied table transfers the copy's rows and index
+    /// entries as they are, in order (SQLite's transfer optimization), instead of
+    /// inserting each row into every index (ADR 0021). Otherwise the real tables' own
+    /// indexes (those made by `CREATE INDEX`, not the primary keys and UNIQUE constraints)
+    /// are dropped first and made again, with their stored DDL, once the rows are in: in
+    /// the same transaction, so readers see the old tables and indexes until the commit
+    /// and the schema ends up as it was. Keeping them up to date row by row, in the log's
+    /// order, scatters the inserts over an index on `stream_id` (`audit_log`'s swap took
+    /// 4.9 s of its 10.1 s rebuild that way).
     async fn copy_into_place(&self, tx: &mut Tx, copies: &str) -> Result<(), sqlx::Error> {
         let mut indexes = Vec::new();
-        if tx.backend() == Backend::Sqlite {
+        if tx.backend() == Backend::Sqlite && !self.copies_indexed {
             for table in self.tables {
                 for index in tx
                     .fetch_all(
@@ -513,9 +547,12 @@ async fn create_postgres(session: &Session, table: &str) -> Result<String, Proje
     Ok(home)
 }
 
-/// Makes `temp.table` (and its indexes) from the real table's DDL and returns the real
-/// table's qualified name.
-async fn create_sqlite(session: &Session, table: &str) -> Result<String, ProjectionError> {
+/// Makes `temp.table` and its unique indexes from the real table's DDL; returns the real
+/// table's qualified name and the DDL of the copy's other indexes, left for later.
+async fn create_sqlite(
+    session: &Session,
+    table: &str,
+) -> Result<(String, Vec<String>), ProjectionError> {
     // Automatic indexes (primary keys, UNIQUE) have no DDL: they come with the table's.
     let objects = session
         .fetch_all(
@@ -536,6 +573,7 @@ async fn create_sqlite(session: &Session, table: &str) -> Result<String, Project
             "no table {table} to shadow"
         )));
     }
+    let mut deferred = Vec::new();
     for object in &objects {
         let (kind, name, sql) = (
             object.text("type")?,
@@ -547,16 +585,16 @@ async fn create_sqlite(session: &Session, table: &str) -> Result<String, Project
                 "cannot shadow the {kind} {name} of {table}: only tables and indexes are copied"
             ))
         })?;
-        // Only the unique indexes: the upserts need them, and `apply` looks rows up by
-        // key. The others serve readers of the real tables; keeping them up to date
-        // row by row made the copies slower to fill, and the swap copies rows into the
-        // real tables' own indexes anyway.
+        // Only the unique indexes now: the upserts need them, and `apply` looks rows up by
+        // key. The others serve readers of the real tables; keeping them up to date row
+        // by row made the copies slower to fill than building them once filled.
         if kind == "index" && !ddl.starts_with("CREATE UNIQUE INDEX") {
+            deferred.push(ddl);
             continue;
         }
         session.execute(&ddl, &[]).await?;
     }
-    Ok(format!("main.{table}"))
+    Ok((format!("main.{table}"), deferred))
 }
 
 #[cfg(test)]
