@@ -75,11 +75,9 @@ pub(crate) struct Shadow {
     /// Each real table's schema (PostgreSQL copies moved into place).
     home_schemas: Vec<schema::Home>,
     /// The DDL of the SQLite copies' non-unique indexes, left out while the log is
-    /// replayed and made by [`Shadow::finish`] (a rebuild's TEMP copies only).
+    /// replayed; [`Shadow::finish`] makes them and empties this. Until it is empty the
+    /// copies lack indexes their tables have (a rebuild's TEMP copies only).
     deferred_indexes: Vec<String>,
-    /// Whether the copies have every index of their tables, so that the swap can copy
-    /// rows and index entries as they are (SQLite's transfer of a whole table).
-    copies_indexed: bool,
     /// Set by [`Shadow::discard`]; a shadow dropped without it (a cancelled rebuild) drops
     /// its copies from a task of its own.
     discarded: bool,
@@ -221,7 +219,6 @@ impl Shadow {
             place: Place::Temp,
             home_schemas: Vec::new(),
             deferred_indexes,
-            copies_indexed: false,
             discarded: false,
         })
     }
@@ -264,7 +261,6 @@ impl Shadow {
             place: Place::Schema { moved, key },
             home_schemas,
             deferred_indexes: Vec::new(),
-            copies_indexed: false,
             discarded: false,
         }))
     }
@@ -338,16 +334,15 @@ impl Shadow {
                     move_failed(key, true);
                 }
             }
-            Place::Temp if self.session.backend() == Backend::Sqlite => {
+            Place::Temp => {
                 for ddl in &self.deferred_indexes {
                     if let Err(e) = self.session.execute(ddl, &[]).await {
                         tracing::warn!(ddl, error = %e, "indexing a rebuilt copy failed; the swap remakes the indexes");
                         return Ok(());
                     }
                 }
-                self.copies_indexed = true;
+                self.deferred_indexes.clear();
             }
-            Place::Temp => {}
         }
         Ok(())
     }
@@ -401,7 +396,7 @@ impl Shadow {
     /// 4.9 s of its 10.1 s rebuild that way).
     async fn copy_into_place(&self, tx: &mut Tx, copies: &str) -> Result<(), sqlx::Error> {
         let mut indexes = Vec::new();
-        if tx.backend() == Backend::Sqlite && !self.copies_indexed {
+        if tx.backend() == Backend::Sqlite && !self.deferred_indexes.is_empty() {
             for table in self.tables {
                 for index in tx
                     .fetch_all(

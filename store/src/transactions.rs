@@ -14,8 +14,6 @@
 //! stop the task: the `BEGIN` completes, and the transaction it made is dropped in the
 //! task, which rolls it back before the connection is used again.
 
-use std::borrow::Cow;
-
 /// Begins a transaction on a connection of `pool`, with `statement` (a custom `BEGIN`) or
 /// the backend's plain one, in a task of its own; see the module's documentation.
 pub async fn begin<DB: sqlx::Database>(
@@ -25,7 +23,7 @@ pub async fn begin<DB: sqlx::Database>(
     let pool = pool.clone();
     let begun = tokio::spawn(async move {
         match statement {
-            Some(statement) => pool.begin_with(Cow::Borrowed(statement)).await,
+            Some(statement) => pool.begin_with(statement).await,
             None => pool.begin().await,
         }
     });
