@@ -6,7 +6,9 @@
 //! The new read model is built into shadow tables (TEMP copies of the projection's tables,
 //! see `shadow.rs`) on a connection of its own, one transaction per slice of the log,
 //! while the real tables and the checkpoint stay as they are and keep serving. Only the
-//! event types the projection applies are read, two slices at a time (ADR 0013). Once the
+//! event types the projection applies are read, two slices at a time (ADR 0013); a
+//! projection that computes its rows in SQL from the log's table (`audit_log`, ADR 0022)
+//! reads nothing and is handed ranges of positions instead. Once the
 //! shadow is less than a slice behind the head, one transaction locks
 //! the checkpoint, checks that its version is still the one the real tables held when the
 //! rebuild began, applies what is left of the log to the shadow, replaces the real
@@ -224,6 +226,88 @@ async fn read_slices(
     }
 }
 
+/// Positions per transaction when the rows are computed in SQL (`applies_in_sql`), in
+/// slices: the database does the whole work of a range in one statement, with no
+/// process work to overlap, so a range is many slices (100,000 positions for slices of
+/// 5,000).
+const SQL_RANGE_SLICES: u64 = 20;
+
+/// Applies the log from `from` to `head` to the copies of a projection that computes its
+/// rows in SQL: nothing is read, the database does the work, a range of `span`
+/// positions per transaction, two ranges at once on two connections where the copies
+/// allow it (PostgreSQL), so that both cores work. Returns the events applied, or how the
+/// rebuild was superseded.
+async fn apply_ranges(
+    shadow: &Shadow,
+    pool: &TablePool,
+    projection: &dyn Projection,
+    held_version: u32,
+    from: u64,
+    head: u64,
+    span: u64,
+) -> Result<Result<u64, Rebuilt>, ProjectionError> {
+    let helper = shadow.helper(pool).await?;
+    let mut position = from;
+    let mut applied = 0;
+    let applied_or_error = async {
+        while position < head {
+            if let Some(superseded) = superseded(pool, projection.name(), held_version).await? {
+                return Ok(Err(superseded));
+            }
+            let middle = position.saturating_add(span).min(head);
+            let until = match &helper {
+                Some(_) => middle.saturating_add(span).min(head),
+                None => middle,
+            };
+            let first = async {
+                let mut tx = shadow.begin().await?;
+                let written = projection.apply_range(&mut tx, position, middle).await?;
+                tx.commit().await?;
+                Ok::<_, ProjectionError>(written)
+            };
+            let second = async {
+                let Some(helper) = helper.as_ref().filter(|_| middle < until) else {
+                    return Ok(0);
+                };
+                let mut tx = helper.begin().await?;
+                let written = projection.apply_range(&mut tx, middle, until).await?;
+                tx.commit().await?;
+                Ok(written)
+            };
+            let (first, second) = tokio::try_join!(first, second)?;
+            applied += first + second;
+            position = until;
+        }
+        Ok(Ok(applied))
+    }
+    .await;
+    if let Some(helper) = helper {
+        helper.close().await;
+    }
+    applied_or_error
+}
+
+/// A cheap look (no lock) at whether another process swapped a read model in meanwhile, so
+/// that the loser of a race stops early; the swap checks again under the lock.
+async fn superseded(
+    pool: &TablePool,
+    name: &str,
+    held_version: u32,
+) -> Result<Option<Rebuilt>, ProjectionError> {
+    let stored = load_checkpoint(pool, name).await?;
+    if stored.as_ref().map(|c| c.version) == Some(held_version) {
+        return Ok(None);
+    }
+    tracing::info!(
+        projection = name,
+        ?stored,
+        "rebuild superseded; discarding it"
+    );
+    Ok(Some(Rebuilt::Superseded {
+        stored: stored.map(|c| (c.version, c.position)),
+    }))
+}
+
 async fn build_and_swap(
     shadow: &mut Shadow,
     store: &Arc<dyn EventStore>,
@@ -254,6 +338,17 @@ async fn build_and_swap(
             if head.saturating_sub(position) <= batch_events_max as u64 {
                 break;
             }
+            if projection.applies_in_sql() {
+                let span = batch_events_max as u64 * SQL_RANGE_SLICES;
+                match apply_ranges(shadow, pool, projection, held_version, position, head, span)
+                    .await?
+                {
+                    Ok(written) => applied += written,
+                    Err(superseded) => return Ok(superseded),
+                }
+                position = head;
+                continue;
+            }
             let (slices_tx, mut slices) = tokio::sync::mpsc::channel(SLICES_AHEAD);
             let _stop_readers = AbortOnDrop(tokio::spawn(read_slices(
                 Arc::clone(store),
@@ -264,18 +359,8 @@ async fn build_and_swap(
                 slices_tx,
             )));
             while let Some(slice) = slices.recv().await {
-                // A cheap look (no lock) so that the loser of a race stops early; the swap
-                // checks again under the lock.
-                let stored = load_checkpoint(pool, name).await?;
-                if stored.as_ref().map(|c| c.version) != Some(held_version) {
-                    tracing::info!(
-                        projection = name,
-                        ?stored,
-                        "rebuild superseded; discarding it"
-                    );
-                    return Ok(Rebuilt::Superseded {
-                        stored: stored.map(|c| (c.version, c.position)),
-                    });
+                if let Some(superseded) = superseded(pool, name, held_version).await? {
+                    return Ok(superseded);
                 }
                 let (until, events) = slice?;
                 check_order(name, position, &events);
@@ -324,6 +409,10 @@ async fn build_and_swap(
         head >= stored_position,
         "the log of {name} ends at {head}, before its checkpoint {stored_position}"
     );
+    if projection.applies_in_sql() && position < head {
+        applied += projection.apply_range(&mut tx, position, head).await?;
+        position = head;
+    }
     while position < head {
         let until = position.saturating_add(batch_events_max as u64).min(head);
         let events = store

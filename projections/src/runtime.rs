@@ -91,6 +91,29 @@ pub trait Projection: Send + Sync + 'static {
     /// batch holds every event of the log in its range, except, during a rebuild, types
     /// outside [`Self::event_types`]. An error rolls back everything done here.
     async fn apply(&self, tx: &mut Tx, events: &[RecordedEvent]) -> Result<(), ProjectionError>;
+
+    /// Whether the projection computes its rows in SQL from the log's own table (the
+    /// store's `events`, in the same database) rather than from decoded events. A rebuild
+    /// of such a projection reads no event: it calls [`Self::apply_range`] on ranges of
+    /// positions. Its `apply` must give the same rows as `apply_range` over the batch.
+    fn applies_in_sql(&self) -> bool {
+        false
+    }
+
+    /// For a projection that [`Self::applies_in_sql`]: applies the log's events at
+    /// positions in `(after, until]`, every one of which is committed, inside the runner's
+    /// transaction; returns how many events it applied.
+    async fn apply_range(
+        &self,
+        _tx: &mut Tx,
+        _after: u64,
+        _until: u64,
+    ) -> Result<u64, ProjectionError> {
+        Err(ProjectionError::Failed(format!(
+            "{} does not apply ranges of the log in SQL",
+            self.name()
+        )))
+    }
 }
 
 /// Decodes a stored event if its type is one of `wanted`; `Ok(None)` for other types.

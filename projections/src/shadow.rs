@@ -64,6 +64,25 @@ enum Place {
     Schema { moved: schema::Moved, key: String },
 }
 
+/// Another connection on a [`Shadow`]'s copies ([`Shadow::helper`]).
+pub(crate) struct Helper<'a> {
+    shadow: &'a Shadow,
+    session: Session,
+}
+
+impl Helper<'_> {
+    /// Begins a transaction on the helper's connection, checked to reach the copies.
+    pub(crate) async fn begin(&self) -> Result<Tx, ProjectionError> {
+        let mut tx = self.session.begin().await?;
+        self.shadow.check(&mut tx).await?;
+        Ok(tx)
+    }
+
+    pub(crate) async fn close(self) {
+        self.session.close().await;
+    }
+}
+
 /// A projection's tables copied on a session of their own.
 pub(crate) struct Shadow {
     session: Session,
@@ -262,6 +281,27 @@ impl Shadow {
             home_schemas,
             deferred_indexes: Vec::new(),
             discarded: false,
+        }))
+    }
+
+    /// A second connection writing to the same copies, so that two ranges of the log can
+    /// be applied at once; `None` for TEMP copies, which exist on the shadow's own
+    /// connection alone. Closed when dropped.
+    pub(crate) async fn helper(
+        &self,
+        pool: &TablePool,
+    ) -> Result<Option<Helper<'_>>, ProjectionError> {
+        let Place::Schema { moved, .. } = &self.place else {
+            return Ok(None);
+        };
+        let session = Session::open(pool).await?;
+        if let Err(e) = schema::join(&session, moved).await {
+            session.close().await;
+            return Err(e.into());
+        }
+        Ok(Some(Helper {
+            shadow: self,
+            session,
         }))
     }
 

@@ -368,20 +368,7 @@ async fn make_copies(
             )
             .await?;
     }
-    let first = if moved.search_path.trim().is_empty() {
-        schema.clone()
-    } else {
-        format!("{schema}, {}", moved.search_path)
-    };
-    session
-        .execute(
-            "SELECT set_config('search_path', $1, false)",
-            &[first.into()],
-        )
-        .await?;
-    // A slice's commit need not wait for its WAL to reach the disk: a crash loses the
-    // copies whatever they hold, and the swap's transaction waits as usual.
-    session.execute("SET synchronous_commit = off", &[]).await?;
+    join(session, moved).await?;
     // Parents first, so that a foreign key between the copies finds its parent.
     for ((table, home), plan) in tables.iter().zip(homes).zip(plans).rev() {
         let copy = format!("{schema}.{table}");
@@ -657,6 +644,27 @@ fn difference(expected: &[String], found: &[String]) -> String {
 const SWAP_LOCK_TIMEOUT: &str = "3s";
 
 /// Inside the swap's transaction: replaces the real tables with the copies (see the module
+/// Points `session`'s unqualified names at the copies: their schema first in the search
+/// path. Done on the rebuild's session when the copies are made, and on any other
+/// connection that writes to them.
+pub(super) async fn join(session: &Session, moved: &Moved) -> Result<(), sqlx::Error> {
+    let first = if moved.search_path.trim().is_empty() {
+        moved.schema.clone()
+    } else {
+        format!("{}, {}", moved.schema, moved.search_path)
+    };
+    session
+        .execute(
+            "SELECT set_config('search_path', $1, false)",
+            &[first.into()],
+        )
+        .await?;
+    // A slice's commit need not wait for its WAL to reach the disk: a crash loses the
+    // copies whatever they hold, and the swap's transaction waits as usual.
+    session.execute("SET synchronous_commit = off", &[]).await?;
+    Ok(())
+}
+
 /// docs). `tables` are children before parents.
 pub(super) async fn move_into_place(
     tx: &mut Tx,

@@ -2,6 +2,7 @@
 //! when `DATABASE_URL` is set, on a fresh PostgreSQL database of its own.
 
 mod analytics;
+mod audit;
 mod copy;
 mod delivery;
 mod notifications;
