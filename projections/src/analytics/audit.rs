@@ -95,8 +95,9 @@ impl Projection for AuditLogProjection {
                     Some(row) => Err(ProjectionError::Decode {
                         position: row.position("position")?,
                         reason: format!(
-                            "no audit sentence for {} of schema version {}: a field is \
-                             missing or has another shape, or the type is unknown",
+                            "no audit row for {} of schema version {}: the type or version \
+                             is unknown, or a field of its payload or metadata is missing \
+                             or has another shape",
                             row.text("event_type")?,
                             row.int("schema_version")?
                         ),

@@ -639,11 +639,6 @@ fn difference(expected: &[String], found: &[String]) -> String {
     format!("missing {missing:?}, extra {extra:?}")
 }
 
-/// How long the swap waits for readers of the tables to let go before it gives up (the
-/// rebuild then fails and is retried). Readers that arrive meanwhile queue behind it.
-const SWAP_LOCK_TIMEOUT: &str = "3s";
-
-/// Inside the swap's transaction: replaces the real tables with the copies (see the module
 /// Points `session`'s unqualified names at the copies: their schema first in the search
 /// path. Done on the rebuild's session when the copies are made, and on any other
 /// connection that writes to them.
@@ -665,6 +660,11 @@ pub(super) async fn join(session: &Session, moved: &Moved) -> Result<(), sqlx::E
     Ok(())
 }
 
+/// How long the swap waits for readers of the tables to let go before it gives up (the
+/// rebuild then fails and is retried). Readers that arrive meanwhile queue behind it.
+const SWAP_LOCK_TIMEOUT: &str = "3s";
+
+/// Inside the swap's transaction: replaces the real tables with the copies (see the module
 /// docs). `tables` are children before parents.
 pub(super) async fn move_into_place(
     tx: &mut Tx,

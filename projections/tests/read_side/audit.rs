@@ -185,7 +185,7 @@ async fn audit_rows(env: &Env) -> Vec<Vec<String>> {
     let rows = db::fetch_all(
         &env.pool,
         "SELECT CAST(position AS text) AS p, show_id, stream_id, CAST(version AS text) AS v,
-                event_type, actor, correlation_id, summary
+                event_type, recorded_at, actor, correlation_id, summary
          FROM audit_log ORDER BY position",
         &[],
     )
@@ -193,19 +193,18 @@ async fn audit_rows(env: &Env) -> Vec<Vec<String>> {
     .expect("audit rows");
     rows.iter()
         .map(|r| {
-            [
-                "p",
-                "show_id",
-                "stream_id",
-                "v",
-                "event_type",
-                "actor",
-                "correlation_id",
-                "summary",
+            let text = |c: &str| r.text(c).unwrap();
+            vec![
+                text("p"),
+                text("show_id"),
+                text("stream_id"),
+                text("v"),
+                text("event_type"),
+                r.time("recorded_at").unwrap().to_rfc3339(),
+                text("actor"),
+                text("correlation_id"),
+                text("summary"),
             ]
-            .iter()
-            .map(|c| r.text(c).unwrap())
-            .collect()
         })
         .collect()
 }
@@ -220,6 +219,7 @@ fn expected_row(event: &RecordedEvent) -> Vec<String> {
         event.stream_id.clone(),
         event.version.to_string(),
         event.event_type.clone(),
+        event.recorded_at.to_rfc3339(),
         event.metadata.actor.clone(),
         event.metadata.correlation_id.to_string(),
         summary(&decoded),
