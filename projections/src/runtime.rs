@@ -13,6 +13,8 @@
 //! [`EventStore::subscribe_head`] watch and, as a safety net, on a slow poll. It never
 //! advances past an event it has not applied: `read_all` returns the log in commit order
 //! without gaps a later read could fill, and the checkpoint is the last position applied.
+//! (A projection computed in SQL reads nothing: its runner applies the positions up to the
+//! store's head, which are all committed, since the store commits positions in order.)
 //! Any error (database down, an event the projection cannot use) is logged and retried
 //! with exponential backoff; the task only ends at shutdown.
 //!
@@ -93,9 +95,12 @@ pub trait Projection: Send + Sync + 'static {
     async fn apply(&self, tx: &mut Tx, events: &[RecordedEvent]) -> Result<(), ProjectionError>;
 
     /// Whether the projection computes its rows in SQL from the log's own table (the
-    /// store's `events`, in the same database) rather than from decoded events. A rebuild
-    /// of such a projection reads no event: it calls [`Self::apply_range`] on ranges of
-    /// positions. Its `apply` must give the same rows as `apply_range` over the batch.
+    /// store's `events`, in the same database) rather than from decoded events. Its
+    /// runner and its rebuilds read no event: they call [`Self::apply_range`] on the
+    /// positions after the checkpoint up to the head (at most `batch_events_max` per live
+    /// batch). `apply` is still called by a replay compared with the live tables
+    /// ([`crate::compare_with_replay`]), and must give the same rows as `apply_range`
+    /// over the batch's range.
     fn applies_in_sql(&self) -> bool {
         false
     }
@@ -667,22 +672,35 @@ impl Runner {
         };
         // Marked seen before reading: an append after this point wakes the next wait.
         head.borrow_and_update();
-        let events = self
-            .store
-            .read_all(position, self.config.batch_events_max)
-            .await?;
-        let Some(last) = events.last().map(|e| e.position) else {
-            return Ok(Step::Idle);
+        let batch_max = self.config.batch_events_max;
+        let batch = if self.projection.applies_in_sql() {
+            // Nothing to read: the positions up to the head are all committed (the store
+            // commits them in order), and the database reads the events itself.
+            let log_head = self.store.head_position().await?;
+            if log_head <= position {
+                return Ok(Step::Idle);
+            }
+            let until = position.saturating_add(batch_max as u64).min(log_head);
+            Batch::Range {
+                until,
+                more: until < log_head,
+            }
+        } else {
+            let events = self.store.read_all(position, batch_max).await?;
+            if events.is_empty() {
+                return Ok(Step::Idle);
+            }
+            let mut previous = position;
+            for event in &events {
+                assert!(
+                    event.position > previous,
+                    "read_all returned position {} after {previous} for {name}",
+                    event.position
+                );
+                previous = event.position;
+            }
+            Batch::Events(events)
         };
-        let mut previous = position;
-        for event in &events {
-            assert!(
-                event.position > previous,
-                "read_all returned position {} after {previous} for {name}",
-                event.position
-            );
-            previous = event.position;
-        }
 
         let mut tx = Tx::begin(&self.pool).await?;
         let stored = lock_checkpoint(&mut tx, name).await?;
@@ -698,7 +716,19 @@ impl Runner {
             *known = Known::Unloaded;
             return Ok(Step::Progress { more: true });
         }
-        self.projection.apply(&mut tx, &events).await?;
+        let (last, more) = match &batch {
+            Batch::Range { until, more } => {
+                self.projection
+                    .apply_range(&mut tx, position, *until)
+                    .await?;
+                (*until, *more)
+            }
+            Batch::Events(events) => {
+                self.projection.apply(&mut tx, events).await?;
+                let last = events.last().map_or(position, |e| e.position);
+                (last, events.len() >= batch_max)
+            }
+        };
         let updated = tx
             .execute(
                 "UPDATE projection_checkpoints SET position = $2, updated_at = $3 WHERE name = $1",
@@ -709,9 +739,7 @@ impl Runner {
         tx.commit().await?;
         *known = Known::At(last);
         self.publish(last);
-        Ok(Step::Progress {
-            more: events.len() >= self.config.batch_events_max,
-        })
+        Ok(Step::Progress { more })
     }
 
     /// Loads the checkpoint, creating it at 0 with the code's version for a projection that
@@ -750,4 +778,13 @@ impl Runner {
             },
         })
     }
+}
+
+/// What a runner applies in one transaction.
+enum Batch {
+    /// The events read after the checkpoint.
+    Events(Vec<RecordedEvent>),
+    /// For a projection computed in SQL: the positions after the checkpoint up to `until`;
+    /// `more` if the head is further.
+    Range { until: u64, more: bool },
 }

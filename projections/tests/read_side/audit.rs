@@ -15,7 +15,8 @@ use boxoffice_domain::{
 };
 use boxoffice_projections::db::{self, Tx};
 use boxoffice_projections::{
-    AuditLogProjection, Projection, ProjectionError, Projections, rebuild_projection,
+    AuditLogProjection, Projection, ProjectionError, Projections, compare_with_replay,
+    rebuild_projection,
 };
 use boxoffice_store::{
     AppendBatch, EventMetadata, NewEvent, PendingEvent, RecordedEvent, StreamExpectation,
@@ -253,7 +254,7 @@ async fn every_event_type_gets_its_sentence_live_and_rebuilt() {
         assert_eq!(types, all, "the test covers every event type");
         let expected: Vec<Vec<String>> = recorded.iter().map(expected_row).collect();
 
-        // Live, in batches of 7.
+        // Live, in ranges of 7 positions.
         let running = Projections::start(
             Arc::clone(&env.store),
             env.pool.clone(),
@@ -274,6 +275,17 @@ async fn every_event_type_gets_its_sentence_live_and_rebuilt() {
             .expect("rebuild");
         assert_eq!((report.events, report.applied), (head, head));
         assert_eq!(audit_rows(&env).await, expected, "{}", env.backend);
+
+        // Replayed through `apply` (batches of decoded-then-unused events), as `boxctl
+        // verify` compares: no drift.
+        let drift = compare_with_replay(Arc::clone(&env.store), &env.pool, &AuditLogProjection, 5)
+            .await
+            .expect("compare");
+        assert_eq!(
+            (drift.position, drift.drifted()),
+            (head, false),
+            "{drift:?}"
+        );
         env.cleanup().await;
     }
 }
