@@ -348,6 +348,18 @@ impl Tx {
         Ok(Self { inner })
     }
 
+    /// Begins a transaction that takes no lock up front: on SQLite a plain `BEGIN`. For a
+    /// transaction that writes only TEMP tables (the TEMP database has a lock of its own)
+    /// and reads the rest: it never holds up the writers of the database, appends
+    /// included. One that writes a table of the main database must use [`Tx::begin`].
+    pub async fn begin_deferred(pool: &TablePool) -> Result<Self, sqlx::Error> {
+        let inner = match pool {
+            TablePool::Postgres(p) => TxInner::Postgres(transactions::begin(p, None).await?),
+            TablePool::Sqlite(p) => TxInner::Sqlite(transactions::begin(p, None).await?),
+        };
+        Ok(Self { inner })
+    }
+
     pub fn backend(&self) -> Backend {
         match self.inner {
             TxInner::Postgres(_) => Backend::Postgres,
@@ -518,6 +530,11 @@ impl Session {
     /// waits for it.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Tx::begin(&self.pool).await
+    }
+
+    /// [`Tx::begin_deferred`] on the session's connection.
+    pub async fn begin_deferred(&self) -> Result<Tx, sqlx::Error> {
+        Tx::begin_deferred(&self.pool).await
     }
 
     /// Runs a statement on the session's connection outside any transaction.

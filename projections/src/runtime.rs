@@ -97,8 +97,9 @@ pub trait Projection: Send + Sync + 'static {
     /// Whether the projection computes its rows in SQL from the log's own table (the
     /// store's `events`, in the same database) rather than from decoded events. Its
     /// runner and its rebuilds read no event: they call [`Self::apply_range`] on the
-    /// positions after the checkpoint up to the head (at most `batch_events_max` per live
-    /// batch). `apply` is still called by a replay compared with the live tables
+    /// positions after the checkpoint up to the head, at most `batch_events_max`
+    /// positions per live batch (so the checkpoint may be a position without an event).
+    /// `apply` is still called by a replay compared with the live tables
     /// ([`crate::compare_with_replay`]), and must give the same rows as `apply_range`
     /// over the batch's range.
     fn applies_in_sql(&self) -> bool {

@@ -1,6 +1,6 @@
-//! Shadow tables: an empty copy of a projection's tables that only one connection sees,
-//! for building a read model beside the one readers use, and the swap that moves the
-//! copy's rows into the real tables in one transaction.
+//! Shadow tables: an empty copy of a projection's tables that only the rebuild's
+//! connections see, for building a read model beside the one readers use, and the swap
+//! that moves the copy's rows into the real tables in one transaction.
 //!
 //! The copies are TEMP tables with the same names as the projection's tables, made on a
 //! [`Session`] (a connection of its own). A temporary table shadows a permanent one of the
@@ -308,6 +308,15 @@ impl Shadow {
     /// Begins a transaction on the shadow's connection, checked to still hold the copies.
     pub(crate) async fn begin(&self) -> Result<Tx, ProjectionError> {
         let mut tx = self.session.begin().await?;
+        self.check(&mut tx).await?;
+        Ok(tx)
+    }
+
+    /// Like [`Shadow::begin`], for a transaction that writes nothing but the copies: on
+    /// SQLite it takes no lock on the live database ([`Tx::begin_deferred`]), so appends
+    /// are not held up while it runs.
+    pub(crate) async fn begin_copies_only(&self) -> Result<Tx, ProjectionError> {
+        let mut tx = self.session.begin_deferred().await?;
         self.check(&mut tx).await?;
         Ok(tx)
     }

@@ -88,8 +88,15 @@ impl Projection for AuditLogProjection {
                 tx.execute("RELEASE SAVEPOINT audit_rows", &[]).await?;
                 Ok(written)
             }
+            Err(error) if !is_not_null_violation(&error) => Err(error.into()),
             Err(error) => {
-                tx.execute("ROLLBACK TO SAVEPOINT audit_rows", &[]).await?;
+                if tx
+                    .execute("ROLLBACK TO SAVEPOINT audit_rows", &[])
+                    .await
+                    .is_err()
+                {
+                    return Err(error.into());
+                }
                 let culprit = tx.fetch_optional(culprit_sql(backend), &range).await?;
                 match culprit {
                     Some(row) => Err(ProjectionError::Decode {
@@ -107,6 +114,12 @@ impl Projection for AuditLogProjection {
             }
         }
     }
+}
+
+/// A row without its sentence, actor or correlation id: the one way an event the
+/// statement reads can fail it (anything else is the database's failure, retried).
+fn is_not_null_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.kind() == sqlx::error::ErrorKind::NotNullViolation)
 }
 
 /// The statement that writes the rows of the events at positions in `($1, $2]`.

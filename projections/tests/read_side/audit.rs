@@ -376,6 +376,130 @@ async fn an_event_without_a_sentence_stops_the_audit_log_at_its_position() {
     }
 }
 
+/// Moves the log's next position `by` further: the positions skipped never hold an event,
+/// as after a failed append on PostgreSQL.
+async fn skip_positions(env: &Env, by: i64) {
+    let head = env.store.head_position().await.unwrap() as i64;
+    let sql = if env.backend == "postgres" {
+        "SELECT setval(pg_get_serial_sequence('events', 'position'), $1)"
+    } else {
+        "UPDATE sqlite_sequence SET seq = $1 WHERE name = 'events'"
+    };
+    db::fetch_all(&env.pool, sql, &[(head + by).into()])
+        .await
+        .expect("skip positions");
+}
+
+#[tokio::test]
+async fn a_checkpoint_between_events_is_compared_and_resumed_from() {
+    for env in backends().await {
+        let mut log = Log::new(&env.store);
+        let show = show();
+        log.buy(show, user(), &["S-R0-1"]).await;
+        let before_hole = env.store.head_position().await.unwrap();
+        skip_positions(&env, 10).await;
+        log.buy(show, user(), &["S-R0-2"]).await;
+        let head = env.store.head_position().await.unwrap();
+        assert!(
+            head > before_hole + 10,
+            "{}: the positions were skipped",
+            env.backend
+        );
+        let count = env.store.read_all(0, 1_000).await.unwrap().len() as u64;
+        assert_eq!(count, head - 10);
+
+        // A runner that stopped after the range ending inside the hole: the events before
+        // it applied, the checkpoint on a position without an event.
+        let run = || async {
+            let running = Projections::start(
+                Arc::clone(&env.store),
+                env.pool.clone(),
+                vec![Arc::new(AuditLogProjection)],
+                fast_runtime(),
+            );
+            assert!(running.wait_for_all(head, WAIT).await);
+            running.shutdown().await;
+        };
+        run().await;
+        let stopped_at = before_hole + 5;
+        db::execute(
+            &env.pool,
+            "DELETE FROM audit_log WHERE position > $1",
+            &[(stopped_at as i64).into()],
+        )
+        .await
+        .unwrap();
+        db::execute(
+            &env.pool,
+            "UPDATE projection_checkpoints SET position = $1 WHERE name = 'audit_log'",
+            &[(stopped_at as i64).into()],
+        )
+        .await
+        .unwrap();
+        let drift = compare_with_replay(Arc::clone(&env.store), &env.pool, &AuditLogProjection, 3)
+            .await
+            .expect("compare at a checkpoint between events");
+        assert_eq!(
+            (drift.position, drift.drifted()),
+            (stopped_at, false),
+            "{}: {drift:?}",
+            env.backend
+        );
+
+        // Resumed, it applies the rest once.
+        run().await;
+        assert_eq!(
+            env.count("SELECT count(*) AS n FROM audit_log", &[]).await,
+            count as i64
+        );
+        let drift = compare_with_replay(Arc::clone(&env.store), &env.pool, &AuditLogProjection, 3)
+            .await
+            .expect("compare at the head");
+        assert_eq!(
+            (drift.position, drift.drifted()),
+            (head, false),
+            "{drift:?}"
+        );
+        env.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_transaction_writing_only_temp_tables_lets_appends_through_on_sqlite() {
+    for env in backends().await {
+        let mut log = Log::new(&env.store);
+        let show = show();
+        log.buy(show, user(), &["S-R0-1"]).await;
+        if env.backend != "sqlite" {
+            env.cleanup().await;
+            continue;
+        }
+        // As a rebuild's range does: read the log, write a TEMP table, the transaction open.
+        let session = db::Session::open(&env.pool).await.unwrap();
+        session
+            .execute("CREATE TEMP TABLE copied (position INTEGER)", &[])
+            .await
+            .unwrap();
+        let mut tx = session.begin_deferred().await.unwrap();
+        tx.execute("INSERT INTO copied SELECT position FROM events", &[])
+            .await
+            .unwrap();
+        // An append meanwhile goes through instead of waiting for the transaction.
+        let appended = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            log.buy(show, user(), &["S-R0-2"]),
+        )
+        .await;
+        assert!(
+            appended.is_ok(),
+            "the append waited for the TEMP-only transaction"
+        );
+        tx.commit().await.unwrap();
+        session.close().await;
+        env.cleanup().await;
+    }
+}
+
 // The sentences as the Rust code made them before the database did (ADR 0022): the
 // reference the SQL must match, from the decoded event.
 
