@@ -173,7 +173,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Asserts that `events` continue the log after `after`, in order.
-fn check_order(name: &str, after: u64, events: &[RecordedEvent]) {
+pub(crate) fn check_order(name: &str, after: u64, events: &[RecordedEvent]) {
     let mut previous = after;
     for event in events {
         assert!(

@@ -691,15 +691,7 @@ impl Runner {
             if events.is_empty() {
                 return Ok(Step::Idle);
             }
-            let mut previous = position;
-            for event in &events {
-                assert!(
-                    event.position > previous,
-                    "read_all returned position {} after {previous} for {name}",
-                    event.position
-                );
-                previous = event.position;
-            }
+            crate::rebuild::check_order(name, position, &events);
             Batch::Events(events)
         };
 
